@@ -1,0 +1,190 @@
+"""The one error tree of coe-router, and the boundary translation into it.
+
+Every failure a client can see is a :class:`CoEError`; each knows its HTTP
+status and renders the single OpenAI-style body
+``{"error": {"message", "type", "param", "code"}}``::
+
+    CoEError                              500 internal_error
+    ├── InvalidRequest                    400 invalid_request_error
+    │   └── BodyTooLarge                  413
+    ├── AuthenticationError               401 authentication_error
+    ├── PermissionDenied                  403 permission_error
+    ├── ModelNotFound                     404 invalid_request_error / model_not_found
+    ├── UpstreamError                     502 upstream_error   (the expert failed us)
+    │   ├── UpstreamStatusError           the expert's own 4xx, passed on as it came
+    │   ├── UpstreamBadResponse           502 the expert sent something that is not OpenAI JSON
+    │   ├── UpstreamUnavailable           503 no live replica: down, refused, breaker open
+    │   │   └── ExpertStarting            503 the replica's process is still loading
+    │   └── UpstreamTimeout               504 the expert did not answer in time
+    └── ConfigError                       startup only: bad settings or catalog
+
+httpx exceptions are translated exactly once, in :func:`map_httpx_exceptions`,
+where the expert client calls its replica; nothing above ``experts/`` sees httpx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+
+class CoEError(Exception):
+    """Base of every error coe-router raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        if status_code is not None:
+            self.status_code = status_code
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI-style error body."""
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """Build ``{"error": {...}}`` with the four fields in OpenAI's order."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class InvalidRequest(CoEError):
+    """The request is malformed or asks for something out of range."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    """The request body exceeds the configured size limit."""
+
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationError(CoEError):
+    """Missing or wrong API key."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(CoEError):
+    """The key is valid but may not do this (admin routes)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "insufficient_permissions"
+
+
+class ModelNotFound(CoEError):
+    """``model`` names neither a virtual model nor an expert."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class UpstreamError(CoEError):
+    """An expert replica failed to give a usable answer."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+    #: Short label for metrics (``coe_upstream_errors_total{kind}``).
+    kind: str = "error"
+
+    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Whether another replica may succeed where this one failed.
+        self.retryable = retryable
+
+
+class UpstreamStatusError(UpstreamError):
+    """The expert rejected the request itself (a 4xx); passed on unchanged."""
+
+    kind = "status"
+
+    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        assert isinstance(err, dict)
+        message = str(err.get("message") or body.get("message") or f"expert returned {status_code}")
+        super().__init__(
+            message,
+            retryable=False,
+            status_code=status_code,
+            param=err.get("param") if isinstance(err.get("param"), str) else None,
+            code=str(err["code"]) if err.get("code") is not None else None,
+        )
+        self.error_type = str(err.get("type") or "invalid_request_error")
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The expert answered with something that is not an OpenAI response."""
+
+    default_code = "upstream_bad_response"
+    kind = "bad_response"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No replica of the expert can take the request now."""
+
+    status_code = 503
+    default_code = "expert_unavailable"
+    kind = "unavailable"
+
+
+class ExpertStarting(UpstreamUnavailable):
+    """The expert's local process is still loading its weights."""
+
+    default_code = "expert_starting"
+    kind = "starting"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The expert did not answer within its timeout."""
+
+    status_code = 504
+    default_code = "upstream_timeout"
+    kind = "timeout"
+
+
+class ConfigError(CoEError):
+    """Settings or catalog are invalid; raised at start-up, never to a client."""
+
+    error_type = "config_error"
+
+
+@contextmanager
+def map_httpx_exceptions(what: str) -> Iterator[None]:
+    """Translate httpx failures of a call to ``what`` (e.g. ``"expert 'code' at URL"``).
+
+    Connect failures are retryable on another replica; timeouts and broken reads
+    are too, because the caller only retries before anything reached the client.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"{what} timed out ({type(exc).__name__})") from exc
+    except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+        raise UpstreamUnavailable(f"{what} is unreachable: {exc or type(exc).__name__}") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable(f"{what} failed: {exc or type(exc).__name__}") from exc

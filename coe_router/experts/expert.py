@@ -1,0 +1,213 @@
+"""Calling one expert: pick a replica, send, retry elsewhere before the first byte.
+
+Balancing is least-outstanding-requests over replicas that are up and whose
+breaker is closed (ties go round-robin). A failure is retried on another replica
+only while nothing has reached the client: for a stream, until its first chunk
+has arrived from upstream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from coe_router.errors import (
+    ExpertStarting,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamUnavailable,
+    map_httpx_exceptions,
+)
+from coe_router.experts.catalog import ExpertSpec
+from coe_router.experts.replica import Replica, parse_completion, status_error
+from coe_router.metrics import Metrics
+
+T = TypeVar("T")
+_PATH = "/v1/chat/completions"
+
+
+class UpstreamStream:
+    """An open upstream SSE stream whose first chunk already arrived.
+
+    Iterate it for the raw bytes (first chunk included); errors after the first
+    chunk surface as :class:`UpstreamError` for the gateway to send in-band.
+    Always ``aclose()`` it: that closes the connection, which makes vLLM abort the
+    request, and returns the replica's slot.
+    """
+
+    def __init__(
+        self, replica: Replica, response: httpx.Response, first: bytes,
+        rest: AsyncIterator[bytes], on_close: Callable[[bool], None],
+    ) -> None:  # fmt: skip
+        self.replica = replica
+        self._response = response
+        self._first = first
+        self._rest = rest
+        self._on_close = on_close
+        self._ok = False
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._first
+        what = f"expert {self.replica.expert!r} at {self.replica.base_url}"
+        with map_httpx_exceptions(what):
+            async for chunk in self._rest:
+                yield chunk
+        self._ok = True
+
+    async def aclose(self) -> None:
+        """Close the upstream response and release the replica (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._response.aclose()
+        finally:
+            self._on_close(self._ok)
+
+
+class ExpertClient:
+    """All replicas of one expert, behind one call."""
+
+    def __init__(
+        self, spec: ExpertSpec, replicas: list[Replica], metrics: Metrics, max_attempts: int
+    ) -> None:
+        self.spec = spec
+        self.replicas = replicas
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._rr = itertools.count()
+
+    @property
+    def name(self) -> str:
+        """The expert's catalog name."""
+        return self.spec.name
+
+    @property
+    def live(self) -> bool:
+        """At least one replica is up."""
+        return any(r.state == "up" for r in self.replicas)
+
+    def pick(self, exclude: set[Replica]) -> Replica:
+        """The available replica with the fewest requests in flight."""
+        candidates = [r for r in self.replicas if r.available and r not in exclude]
+        if not candidates:
+            raise self._unavailable()
+        least = min(r.outstanding for r in candidates)
+        tied = [r for r in candidates if r.outstanding == least]
+        return tied[next(self._rr) % len(tied)]
+
+    def _unavailable(self) -> UpstreamUnavailable:
+        starting = [r for r in self.replicas if r.state == "starting"]
+        if starting:
+            return ExpertStarting(
+                f"expert {self.name!r} is still starting ({starting[0].detail}); retry shortly"
+            )
+        details = "; ".join(
+            f"{r.base_url}: {r.detail or 'breaker ' + r.breaker.state}" for r in self.replicas
+        )
+        return UpstreamUnavailable(f"expert {self.name!r} has no live replica ({details})")
+
+    async def complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], Replica]:
+        """Non-streaming chat completion; returns the upstream JSON and the replica used."""
+        payload = _encode(body)
+
+        async def call(replica: Replica) -> tuple[dict[str, Any], Replica]:
+            what = f"expert {self.name!r} at {replica.base_url}"
+            with map_httpx_exceptions(what):
+                resp = await replica.client.post(
+                    _PATH, content=payload, headers={"content-type": "application/json"}
+                )
+            return parse_completion(resp, what), replica
+
+        return await self._with_retries(call, release_on_success=True)
+
+    async def stream(self, body: dict[str, Any]) -> UpstreamStream:
+        """Open a streaming chat completion and wait for its first chunk."""
+        payload = _encode(body)
+
+        async def call(replica: Replica) -> UpstreamStream:
+            what = f"expert {self.name!r} at {replica.base_url}"
+            request = replica.client.build_request(
+                "POST", _PATH, content=payload,
+                headers={"content-type": "application/json", "accept": "text/event-stream"},
+            )  # fmt: skip
+            with map_httpx_exceptions(what):
+                resp = await replica.client.send(request, stream=True)
+            try:
+                with map_httpx_exceptions(what):
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        raise status_error(resp, what)
+                    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise UpstreamBadResponse(f"{what} did not answer with an event stream")
+                    chunks = resp.aiter_bytes()
+                    first = b""
+                    while not first:  # skip empty reads; only real bytes count as "first"
+                        try:
+                            first = await anext(chunks)
+                        except StopAsyncIteration:
+                            raise UpstreamBadResponse(f"{what} closed the stream empty") from None
+            except BaseException:
+                await resp.aclose()
+                raise
+            return UpstreamStream(
+                replica, resp, first, chunks, on_close=lambda ok: self._release(replica, ok)
+            )
+
+        return await self._with_retries(call, release_on_success=False)
+
+    async def _with_retries(
+        self, call: Callable[[Replica], Awaitable[T]], *, release_on_success: bool
+    ) -> T:
+        tried: set[Replica] = set()
+        last: UpstreamError | None = None
+        for _ in range(self._max_attempts):
+            try:
+                replica = self.pick(tried)
+            except UpstreamUnavailable:
+                if last is not None:
+                    raise last from None
+                raise
+            tried.add(replica)
+            if not replica.breaker.acquire():
+                continue
+            replica.outstanding += 1
+            try:
+                result = await call(replica)
+            except UpstreamError as exc:
+                replica.outstanding -= 1
+                self._metrics.upstream_errors.labels(self.name, exc.kind).inc()
+                if not exc.retryable:
+                    # The replica answered (a 4xx about the request): it is healthy.
+                    replica.breaker.record_success()
+                    raise
+                replica.record_failure(exc)
+                last = exc
+                continue
+            except BaseException:
+                # Cancelled (client went away) or a bug: no verdict on the replica.
+                replica.outstanding -= 1
+                replica.breaker.release()
+                raise
+            if release_on_success:
+                self._release(replica, True)
+            return result
+        assert last is not None
+        raise last
+
+    def _release(self, replica: Replica, ok: bool) -> None:
+        replica.outstanding -= 1
+        if ok:
+            replica.breaker.record_success()
+        else:
+            replica.breaker.release()
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    # Encoded once per request and reused by every attempt.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,147 @@
+"""The expert pool: every expert's client, the processes it launched, and their health.
+
+The pool is an async context manager owned by the gateway's lifespan: entering it
+starts launched experts and the health loop; leaving it stops them, always.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from coe_router.config import Settings
+from coe_router.experts.catalog import Catalog
+from coe_router.experts.expert import ExpertClient
+from coe_router.experts.process import LocalProcess
+from coe_router.experts.replica import Replica
+from coe_router.metrics import Metrics
+
+log = logging.getLogger("coe_router.experts")
+
+
+class ExpertPool:
+    """Name -> :class:`ExpertClient`, plus lifecycle."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_all_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._on_all_ready = on_all_ready
+        self.processes: dict[str, LocalProcess] = {}
+        self.experts: dict[str, ExpertClient] = {}
+        for spec in catalog.experts:
+            process = None
+            if spec.launch is not None and settings.local.launch:
+                process = LocalProcess(
+                    spec.name, spec.launch, spec.served_model_name, settings.local
+                )
+                self.processes[spec.name] = process
+            replicas = [
+                Replica(spec.name, url, settings.upstream, process=process, transport=transport)
+                for url in spec.base_urls
+            ]
+            self.experts[spec.name] = ExpertClient(
+                spec, replicas, metrics, settings.upstream.max_attempts
+            )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def get(self, name: str) -> ExpertClient | None:
+        """The expert called ``name``."""
+        return self.experts.get(name)
+
+    def replicas(self) -> list[Replica]:
+        """Every replica of every expert."""
+        return [r for e in self.experts.values() for r in e.replicas]
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Per expert: live or not, required or not, and each replica's state."""
+        return {
+            name: {
+                "live": e.live,
+                "required": e.spec.required,
+                "replicas": [r.describe() for r in e.replicas],
+            }
+            for name, e in self.experts.items()
+        }
+
+    @property
+    def ready(self) -> bool:
+        """Every required expert has a live replica."""
+        return all(e.live for e in self.experts.values() if e.spec.required)
+
+    async def __aenter__(self) -> ExpertPool:
+        for process in self.processes.values():
+            await process.start()
+        await self.check_all()
+        self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        if self.processes:
+            self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
+        elif self._on_all_ready is not None:
+            self._on_all_ready()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(r.aclose() for r in self.replicas()))
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+
+    async def check_all(self) -> None:
+        """One health round over every replica, concurrently."""
+        replicas = self.replicas()
+        await asyncio.gather(*(r.check_health() for r in replicas))
+        for r in replicas:
+            self._metrics.replica_up.labels(r.expert, r.base_url).set(r.state == "up")
+
+    async def _health_loop(self) -> None:
+        interval = self._settings.upstream.health_interval_s
+        while True:
+            # Poll fast while something is loading so it is used as soon as it can serve.
+            loading = any(r.state == "starting" for r in self.replicas())
+            await asyncio.sleep(min(interval, 1.0) if loading else interval)
+            try:
+                await self.check_all()
+            except Exception:  # a bug here must not end health checking
+                log.exception("health round failed")
+
+    async def _progress_loop(self) -> None:
+        """Say what launched experts are doing until each is ready, failed or gone."""
+        interval = self._settings.local.progress_interval_s
+        reported: set[str] = set()
+        last_line = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = [n for n, p in self.processes.items() if p.state == "starting"]
+            for name, p in self.processes.items():
+                if name not in pending and name not in reported:
+                    reported.add(name)
+                    if p.state != "ready":
+                        log.error("expert %r did not start: %s", name, p.detail)
+            if not pending:
+                if self._on_all_ready is not None:
+                    self._on_all_ready()
+                return
+            if loop.time() - last_line >= interval:
+                last_line = loop.time()
+                for name in pending:
+                    p = self.processes[name]
+                    log.info("expert %r: loading, %3.0f s | %s", name, p.elapsed_s, p.log_tail())
+            await asyncio.sleep(0.5)

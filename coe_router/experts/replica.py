@@ -1,0 +1,141 @@
+"""One replica of an expert: its HTTP client, health, load and circuit breaker."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+
+from coe_router.config import UpstreamSettings
+from coe_router.errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamUnavailable,
+)
+from coe_router.experts.breaker import CircuitBreaker
+from coe_router.experts.process import LocalProcess
+
+ReplicaState = Literal["starting", "up", "down"]
+
+
+class Replica:
+    """A vLLM (or any OpenAI-compatible) server behind one base URL.
+
+    Owns one ``httpx.AsyncClient`` with explicit timeouts. ``outstanding`` counts
+    requests in flight for least-outstanding balancing.
+    """
+
+    def __init__(
+        self,
+        expert: str,
+        base_url: str,
+        settings: UpstreamSettings,
+        *,
+        process: LocalProcess | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.expert = expert
+        self.base_url = base_url
+        self.process = process
+        self.outstanding = 0
+        self.state: ReplicaState = "starting" if process is not None else "up"
+        self.detail = ""
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
+        self._health_timeout = httpx.Timeout(settings.health_timeout_s)
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.read_timeout_s,
+                write=settings.write_timeout_s,
+                pool=settings.pool_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            transport=transport,
+        )
+
+    @property
+    def available(self) -> bool:
+        """Up and not shut out by its breaker."""
+        return self.state == "up" and self.breaker.allows()
+
+    def describe(self) -> dict[str, Any]:
+        """State for ``/ready`` and logs."""
+        out: dict[str, Any] = {
+            "url": self.base_url,
+            "state": self.state,
+            "breaker": self.breaker.state,
+            "outstanding": self.outstanding,
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    def record_failure(self, exc: UpstreamError) -> None:
+        """A request failed on this replica: feed the breaker; a refused connection means down."""
+        self.breaker.record_failure()
+        if isinstance(exc, UpstreamUnavailable):
+            self.state = "down"
+            self.detail = exc.message
+
+    async def check_health(self) -> ReplicaState:
+        """Poll ``GET /health`` once and update :attr:`state`."""
+        proc = self.process
+        if proc is not None and proc.state in ("exited", "stopped", "failed"):
+            self.state, self.detail = "down", proc.detail
+            return self.state
+        try:
+            resp = await self.client.get("/health", timeout=self._health_timeout)
+            healthy = resp.status_code == 200
+            detail = "" if healthy else f"/health answered {resp.status_code}"
+        except httpx.HTTPError as exc:
+            healthy, detail = False, f"/health failed: {type(exc).__name__}"
+        if healthy:
+            if proc is not None:
+                proc.mark_ready()
+            if self.state != "up":
+                # A replica that came back deserves a fresh breaker.
+                self.breaker.record_success()
+            self.state, self.detail = "up", ""
+        elif proc is not None and proc.state == "starting":
+            self.state = "starting"
+            self.detail = f"loading for {proc.elapsed_s:.0f} s"
+        else:
+            self.state, self.detail = "down", detail
+        return self.state
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+
+def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
+    """Turn a non-streaming upstream response into its JSON body, or the right error."""
+    if resp.status_code != 200:
+        raise status_error(resp, what)
+    try:
+        body = resp.json()
+    except ValueError:
+        raise UpstreamBadResponse(f"{what} sent a body that is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamBadResponse(f"{what} sent JSON that is not a chat completion")
+    return body
+
+
+def status_error(resp: httpx.Response, what: str) -> UpstreamError:
+    """The error for a non-200 upstream answer (the body must already be read)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+        return UpstreamStatusError(resp.status_code, body if isinstance(body, dict) else {})
+    message = f"{what} answered HTTP {resp.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message += f": {body['error'].get('message', '')}"
+    # An overloaded replica (429/503) is alive: report 503 but do not mark it down.
+    return UpstreamError(message, status_code=503 if resp.status_code in (429, 503) else 502)

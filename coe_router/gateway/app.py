@@ -1,0 +1,70 @@
+"""The app factory. The lifespan owns every client and process, through one AsyncExitStack."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from coe_router import __version__
+from coe_router.config import Settings
+from coe_router.experts.catalog import load_catalog
+from coe_router.experts.pool import ExpertPool
+from coe_router.gateway import admin, chat, meta
+from coe_router.gateway.handlers import install_handlers
+from coe_router.gateway.state import GatewayState
+from coe_router.metrics import Metrics
+from coe_router.routing.table import RoutingTable
+
+log = logging.getLogger("coe_router.gateway")
+
+
+def create_app(
+    settings: Settings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the gateway for ``settings``.
+
+    The catalog is loaded and routers are built here, so a bad catalog fails before
+    the server binds; clients and processes start in the lifespan.
+    ``upstream_transport`` replaces the network for every replica (tests, benchmarks).
+    """
+    catalog = load_catalog(settings.catalog)
+    table = RoutingTable(catalog)
+    metrics = Metrics()
+
+    def announce() -> None:
+        s = settings.server
+        log.info(
+            "coe-router ready on http://%s:%d  (models: %s). Try:\n"
+            "  curl -s http://%s:%d/v1/chat/completions -H 'content-type: application/json' "
+            "-d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", "
+            "\"content\": \"Write a Python function that reverses a string.\"}]}'",
+            s.host, s.port, ", ".join(table.routers) or "-", s.host, s.port,
+            next(iter(table.routers), catalog.experts[0].name),
+        )  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(
+                ExpertPool(catalog, settings, metrics, transport=upstream_transport,
+                           on_all_ready=announce)
+            )  # fmt: skip
+            app.state.coe = GatewayState(settings, catalog, table, metrics, pool)
+            yield
+
+    app = FastAPI(
+        title="coe-router",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(meta.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,55 @@
+"""Bearer API keys: optional for inference, always required for admin routes."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from coe_router.errors import AuthenticationError, PermissionDenied
+from coe_router.gateway.state import gateway_state
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches(token: str, secret: str) -> bool:
+    return hmac.compare_digest(token.encode(), secret.encode())
+
+
+async def require_api_key(request: Request) -> None:
+    """Inference routes: open when no keys are configured, else any API key or the admin key."""
+    auth = gateway_state(request).settings.auth
+    if not auth.api_keys:
+        return
+    token = _bearer(request)
+    if token is None:
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    secrets = [k.get_secret_value() for k in auth.api_keys]
+    if auth.admin_key is not None:
+        secrets.append(auth.admin_key.get_secret_value())
+    # Compare against every key so timing does not reveal which one is closest.
+    if not any([_matches(token, s) for s in secrets]):
+        raise AuthenticationError("Incorrect API key provided.")
+
+
+async def require_admin(request: Request) -> None:
+    """Admin routes: the admin key, always; disabled when none is configured."""
+    admin = gateway_state(request).settings.auth.admin_key
+    if admin is None:
+        raise PermissionDenied(
+            "The admin API is disabled: set COE_AUTH__ADMIN_KEY to enable it.",
+            code="admin_disabled",
+        )
+    token = _bearer(request)
+    if token is None:
+        raise AuthenticationError(
+            "Missing admin key: send 'Authorization: Bearer <admin key>'.", code="missing_api_key"
+        )
+    if not _matches(token, admin.get_secret_value()):
+        raise PermissionDenied("This route needs the admin key.")

@@ -1,0 +1,97 @@
+"""Every Prometheus metric coe-router exports, defined once.
+
+Metrics live in a :class:`Metrics` object with its own registry (one per app), so
+several apps in one process (tests, benchmarks) never collide on the global one.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+#: Latency buckets from sub-millisecond routing up to minute-long generations.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+
+class Metrics:
+    """The gateway's metrics and the registry that exports them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "coe_requests",
+            "Chat completion requests by outcome.",
+            ["model", "expert", "strategy", "status"],
+            registry=r,
+        )
+        self.routing_latency = Histogram(
+            "coe_routing_latency_seconds",
+            "Time the router took to decide.",
+            ["strategy"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "coe_time_to_first_token_seconds",
+            "From request arrival to the first streamed chunk sent to the client.",
+            ["expert"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "coe_request_latency_seconds",
+            "From request arrival to the last byte, per expert.",
+            ["expert"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "coe_in_flight_requests",
+            "Requests being served, per expert.",
+            ["expert"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "coe_upstream_errors",
+            "Failed calls to expert replicas, by kind.",
+            ["expert", "kind"],
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "coe_replica_up",
+            "1 when the replica passes health checks, else 0.",
+            ["expert", "replica"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format for ``GET /metrics``."""
+        return generate_latest(self.registry)

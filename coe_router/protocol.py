@@ -1,0 +1,125 @@
+"""OpenAI wire types, and coe-router's ``coe`` extension to them.
+
+Every type subclasses :class:`OpenAIBaseModel`, which allows extra fields: the
+gateway validates what it reads and passes everything else to the expert as it
+came. Fields follow the order of OpenAI's API reference; our extensions sit in a
+marked block at the end of each type.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OpenAIBaseModel(BaseModel):
+    """Base of every wire type: unknown fields are kept, not rejected."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class ChatMessage(OpenAIBaseModel):
+    """One message of a conversation (any role; tool calls and parts pass through)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(OpenAIBaseModel):
+    """``stream_options`` of a streaming request."""
+
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(OpenAIBaseModel):
+    """``POST /v1/chat/completions`` body. Only the fields the gateway reads are typed;
+    the rest (tools, response_format, logprobs, ...) are kept as extras and forwarded."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0)
+    top_logprobs: int | None = None
+    top_p: float | None = None
+    user: str | None = None
+
+    # --- coe-router extensions ---
+    coe: dict[str, Any] | None = None
+
+
+class RouteRequest(OpenAIBaseModel):
+    """``POST /v1/route``: the same body as a chat completion; nothing is generated."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = "coe"
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class RouteCandidate(OpenAIBaseModel):
+    """An expert the router considered, with its score."""
+
+    expert: str
+    score: float
+
+
+class CoEInfo(OpenAIBaseModel):
+    """The ``coe`` extension object: why this expert answered."""
+
+    expert: str
+    category: str | None = None
+    confidence: float | None = None
+    strategy: str
+    virtual_model: str | None = None
+    alternatives: list[RouteCandidate] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class RouteResponse(OpenAIBaseModel):
+    """Result of ``POST /v1/route``."""
+
+    object: Literal["coe.route"] = "coe.route"
+    model: str
+    expert: str
+    category: str | None
+    confidence: float | None
+    strategy: str
+    alternatives: list[RouteCandidate]
+    reason: str | None = None
+    routing_ms: float
+
+
+class ModelCard(OpenAIBaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "coe-router"
+
+    # --- coe-router extensions ---
+    coe: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(OpenAIBaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

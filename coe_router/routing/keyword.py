@@ -1,0 +1,90 @@
+"""Keyword routing: the catalog's word lists per category, then category -> expert.
+
+The first, rule-based step of the CoE two-step (category, then expert). It costs
+microseconds, needs no model, and is the baseline the trained strategies beat.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from coe_router.errors import ConfigError
+from coe_router.experts.catalog import Catalog
+from coe_router.protocol import ChatMessage
+from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision, message_text
+
+#: Weight of a keyword hit in an earlier user turn relative to the latest one.
+_CONTEXT_WEIGHT = 0.5
+
+
+def _bounded(word: str) -> str:
+    """A whole-word pattern; the edges that are not word characters ("c++", ".py") need
+    no boundary, so "main.py" and "c++" still match."""
+    head = r"(?<!\w)" if re.match(r"\w", word) else ""
+    tail = r"(?!\w)" if re.search(r"\w$", word) else ""
+    return head + re.escape(word) + tail
+
+
+class KeywordRouter:
+    """Counts distinct keyword hits per category in the user's turns.
+
+    Confidence grows with the winner's hits and shrinks with competing ones:
+    ``share * (1 - 0.5 ** hits)``; nothing matched means the generalist at 0.
+    Options: ``keywords`` (category -> words) overrides the catalog's lists.
+    """
+
+    name = "keyword"
+
+    def __init__(self, catalog: Catalog, options: Mapping[str, Any]) -> None:
+        rules: Mapping[str, list[str]] = options.get("keywords") or catalog.keywords
+        self._generalist = catalog.generalist.name
+        self._expert_of: dict[str, str] = {}
+        self._patterns: dict[str, re.Pattern[str]] = {}
+        for category, words in rules.items():
+            experts = catalog.experts_for(category)
+            self._expert_of[category] = experts[0].name if experts else self._generalist
+            if words:
+                longest_first = sorted({w.lower() for w in words}, key=len, reverse=True)
+                self._patterns[category] = re.compile("|".join(map(_bounded, longest_first)))
+        unknown = sorted(set(options) - {"keywords"})
+        if unknown:
+            raise ConfigError(f"keyword router: unknown options {unknown}")
+
+    async def route(self, messages: Sequence[ChatMessage]) -> RoutingDecision:
+        """Score categories on the latest user turn, earlier user turns at half weight."""
+        user_turns = [message_text(m).lower() for m in messages if m.role == "user"]
+        scores: dict[str, float] = {}
+        for age, text in enumerate(reversed(user_turns)):
+            weight = 1.0 if age == 0 else _CONTEXT_WEIGHT
+            for category, pattern in self._patterns.items():
+                found = len(set(pattern.findall(text)))
+                if found:
+                    scores[category] = scores.get(category, 0.0) + weight * found
+        if not scores:
+            return RoutingDecision(
+                expert=self._generalist,
+                category="general",
+                confidence=0.0,
+                strategy=self.name,
+                reason="no keyword matched; the generalist answers",
+            )
+        ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+        total = sum(scores.values())
+        best, hits = ranked[0]
+        confidence = round((hits / total) * (1.0 - 0.5**hits), 4)
+        alternatives = tuple(
+            Candidate(self._expert_of[c], round(s / total, 4)) for c, s in ranked[1:]
+        )
+        return RoutingDecision(
+            expert=self._expert_of[best],
+            category=best,
+            confidence=confidence,
+            strategy=self.name,
+            alternatives=alternatives,
+            reason=f"{hits:g} weighted keyword hit(s) for {best!r}",
+        )
+
+
+ROUTER_CLS["keyword"] = KeywordRouter

@@ -1,0 +1,85 @@
+"""Unit fixtures: a gateway app over the fake vLLM, driven in-process (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from coe_router.config import Settings, UpstreamSettings
+from coe_router.gateway import create_app
+from tests.fakes import FakeVLLM
+
+GENERAL = ["http://general-a:8000", "http://general-b:8000"]
+CODE = ["http://code-a:8000"]
+
+
+def catalog_dict() -> dict[str, Any]:
+    """Two experts over fake replicas: a generalist with two replicas and a coder."""
+    return {
+        "experts": [
+            {"name": "general", "served_model_name": "small-general", "generalist": True,
+             "categories": ["general", "writing"], "replicas": GENERAL, "memory_gb": 1},
+            {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
+             "cost": 3, "replicas": CODE},
+        ],
+        "virtual_models": [{"name": "coe", "router": "keyword"}],
+        "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def fake() -> FakeVLLM:
+    return FakeVLLM()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def build(catalog: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+        path = tmp_path / "catalog.yaml"
+        path.write_text(yaml.safe_dump(catalog or catalog_dict()))
+        upstream = UpstreamSettings(**overrides.pop("upstream", {}))
+        return Settings(catalog=path, upstream=upstream, **overrides)
+
+    return build
+
+
+@pytest.fixture
+async def make_client(
+    fake: FakeVLLM, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build an app (with optional settings overrides) and an httpx client bound to it."""
+    stacks: list[Any] = []
+
+    async def build(**overrides: Any) -> httpx.AsyncClient:
+        app = create_app(make_settings(**overrides), upstream_transport=fake.transport())
+        ctx = app.router.lifespan_context(app)
+        await ctx.__aenter__()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway"
+        )
+        client.app = app  # type: ignore[attr-defined]
+        stacks.append((ctx, client))
+        return client
+
+    yield build
+    for ctx, client in reversed(stacks):
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> httpx.AsyncClient:
+    c: httpx.AsyncClient = await make_client()
+    return c
+
+
+def app_of(client: httpx.AsyncClient) -> FastAPI:
+    """The app behind a client from ``make_client``."""
+    app: FastAPI = client.app  # type: ignore[attr-defined]
+    return app
