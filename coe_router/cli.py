@@ -108,8 +108,7 @@ def _catalog(args: argparse.Namespace) -> int:
     catalog = load_catalog(path)
     RoutingTable(catalog)  # builds every router, so router options are checked too
     print(
-        f"{path}: ok ({len(catalog.experts)} experts, "
-        f"{len(catalog.virtual_models)} virtual models)"
+        f"{path}: ok ({len(catalog.experts)} experts, {len(catalog.virtual_models)} virtual models)"
     )
     return 0
 
@@ -120,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO, health checks included: far too chatty.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     handlers = {"serve": _serve, "models": _models, "catalog": _catalog}
     try:
         return handlers[args.command](args)

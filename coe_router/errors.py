@@ -124,9 +124,11 @@ class UpstreamStatusError(UpstreamError):
     kind = "status"
 
     def __init__(self, status_code: int, body: dict[str, Any]) -> None:
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        # OpenAI's shape nests the fields under "error"; older vLLM sends them flat.
+        err = body.get("error") if isinstance(body.get("error"), dict) else body
         assert isinstance(err, dict)
-        message = str(err.get("message") or body.get("message") or f"expert returned {status_code}")
+        text = body.get("error") if isinstance(body.get("error"), str) else None
+        message = str(err.get("message") or text or f"expert returned {status_code}")
         super().__init__(
             message,
             retryable=False,

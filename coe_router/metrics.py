@@ -38,6 +38,10 @@ _LATENCY_BUCKETS = (
 )
 
 
+#: Tier transitions: a fraction of a second (level-1 wake) to minutes (process start).
+_TRANSITION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 class Metrics:
     """The gateway's metrics and the registry that exports them."""
 
@@ -89,6 +93,59 @@ class Metrics:
             "coe_replica_up",
             "1 when the replica passes health checks, else 0.",
             ["expert", "replica"],
+            registry=r,
+        )
+
+        # --- the tiered pool ---
+        self.tier = Gauge(
+            "coe_expert_tier",
+            "1 for the tier each expert is in now (hot, warm, cold).",
+            ["expert", "tier"],
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "coe_tier_wake_seconds",
+            "Time to wake an expert, by the tier it woke from.",
+            ["expert", "from_tier"],
+            buckets=_TRANSITION_BUCKETS,
+            registry=r,
+        )
+        self.sleep_seconds = Histogram(
+            "coe_tier_sleep_seconds",
+            "Time to put an expert to sleep, by sleep level.",
+            ["expert", "level"],
+            buckets=_TRANSITION_BUCKETS,
+            registry=r,
+        )
+        self.switches = Counter(
+            "coe_tier_switches",
+            "Wakes that brought an expert onto the accelerator.",
+            ["expert"],
+            registry=r,
+        )
+        self.wake_failures = Counter(
+            "coe_tier_wake_failures",
+            "Wakes that failed or timed out.",
+            ["expert"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "coe_tier_queue_wait_seconds",
+            "Time a request waited for its expert to be awake.",
+            ["expert"],
+            buckets=_TRANSITION_BUCKETS,
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "coe_gpu_budget_used_gb",
+            "Accelerator memory held by awake (or waking) experts.",
+            ["device"],
+            registry=r,
+        )
+        self.budget_total = Gauge(
+            "coe_gpu_budget_gb",
+            "Accelerator memory budget per device.",
+            ["device"],
             registry=r,
         )
 

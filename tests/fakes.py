@@ -27,6 +27,7 @@ class Behaviour:
     chunk_delay_s: float = 0.0  # between stream chunks
     tokens: int = 3
     text: str = "hello"
+    split: bool = False  # send every stream write in two halves, as TCP may deliver it
 
 
 @dataclass
@@ -45,6 +46,11 @@ class FakeVLLM:
     received: list[Received] = field(default_factory=list)
     closed_streams: int = 0
     cancelled: int = 0
+    #: Emulate the read timeout a real transport enforces (``MockTransport`` has none): a
+    #: wait longer than the request's read timeout raises ``httpx.ReadTimeout`` after it.
+    honour_timeouts: bool = False
+    #: Set when a chat request arrives, so tests can wait for one without polling.
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def of(self, base_url: str) -> Behaviour:
         """The behaviour of the replica at ``base_url`` (created on first use)."""
@@ -60,6 +66,14 @@ class FakeVLLM:
         host = httpx.URL(base_url).netloc.decode()
         return [r.body for r in self.received if httpx.URL(r.url).netloc.decode() == host]
 
+    async def pause(self, seconds: float, request: httpx.Request) -> None:
+        """Sleep ``seconds``, or time out like httpcore would (see :attr:`honour_timeouts`)."""
+        timeout = request.extensions.get("timeout", {}).get("read")
+        if self.honour_timeouts and timeout is not None and seconds > timeout:
+            await asyncio.sleep(timeout)
+            raise httpx.ReadTimeout("timed out", request=request)
+        await asyncio.sleep(seconds)
+
     async def handle(self, request: httpx.Request) -> httpx.Response:
         b = self.of(str(request.url))
         if b.mode == "down":
@@ -68,11 +82,12 @@ class FakeVLLM:
             return httpx.Response(200)
         body = json.loads(await request.aread())
         self.received.append(Received(str(request.url), body))
+        self.arrived.set()
         try:
             if b.mode == "hang":
-                await asyncio.sleep(3600)
+                await self.pause(3600, request)
             if b.delay_s:
-                await asyncio.sleep(b.delay_s)
+                await self.pause(b.delay_s, request)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -88,7 +103,9 @@ class FakeVLLM:
             return httpx.Response(200, json={"hello": "world"})
         if body.get("stream"):
             return httpx.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=_Stream(self, b, body)
+                200,
+                headers={"content-type": "text/event-stream"},
+                stream=_Stream(self, b, body, request),
             )
         return httpx.Response(200, json=completion(body, b.text))
 
@@ -121,14 +138,24 @@ def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes
 
 
 class _Stream(httpx.AsyncByteStream):
-    def __init__(self, fake: FakeVLLM, b: Behaviour, body: dict[str, Any]) -> None:
-        self._fake, self._b, self._model = fake, b, body["model"]
+    def __init__(
+        self, fake: FakeVLLM, b: Behaviour, body: dict[str, Any], request: httpx.Request
+    ) -> None:
+        self._fake, self._b, self._model, self._request = fake, b, body["model"], request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for data in self._writes():
+            if self._b.split and len(data) > 1:
+                yield data[: len(data) // 2]
+                yield data[len(data) // 2 :]
+            else:
+                yield data
+
+    async def _writes(self) -> AsyncIterator[bytes]:
         yield chunk(self._model, {"role": "assistant", "content": ""})
         for i in range(self._b.tokens):
             if self._b.chunk_delay_s:
-                await asyncio.sleep(self._b.chunk_delay_s)
+                await self._fake.pause(self._b.chunk_delay_s, self._request)
             if self._b.mode == "midstream" and i == 1:
                 yield b'data: {"partial'  # half an event, then the connection breaks
                 raise httpx.ReadError("connection reset by peer")

@@ -157,6 +157,10 @@ def load_catalog(path: Path) -> Catalog:
         raise ConfigError(f"catalog {path}: file not found (set COE_CATALOG)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"catalog {path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"catalog {path}: not UTF-8 text: {exc}") from None
+    except OSError as exc:  # a directory, no permission, ...: still name the file
+        raise ConfigError(f"catalog {path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"catalog {path}: the top level must be a mapping with 'experts'")
     try:

@@ -35,7 +35,7 @@ class ExpertPool:
         metrics: Metrics,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        on_all_ready: Callable[[], None] | None = None,
+        on_all_ready: Callable[[ExpertPool], None] | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -90,7 +90,7 @@ class ExpertPool:
         if self.processes:
             self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
         elif self._on_all_ready is not None:
-            self._on_all_ready()
+            self._on_all_ready(self)
         return self
 
     async def __aexit__(
@@ -137,7 +137,7 @@ class ExpertPool:
                         log.error("expert %r did not start: %s", name, p.detail)
             if not pending:
                 if self._on_all_ready is not None:
-                    self._on_all_ready()
+                    self._on_all_ready(self)
                 return
             if loop.time() - last_line >= interval:
                 last_line = loop.time()

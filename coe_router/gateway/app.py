@@ -35,8 +35,15 @@ def create_app(
     table = RoutingTable(catalog)
     metrics = Metrics()
 
-    def announce() -> None:
+    def announce(pool: ExpertPool) -> None:
         s = settings.server
+        if not pool.ready:
+            missing = [n for n, e in pool.readiness().items() if e["required"] and not e["live"]]
+            log.warning(
+                "coe-router is listening on http://%s:%d but not ready: no live replica for %s "
+                "(see GET /ready)", s.host, s.port, ", ".join(missing),
+            )  # fmt: skip
+            return
         log.info(
             "coe-router ready on http://%s:%d  (models: %s). Try:\n"
             "  curl -s http://%s:%d/v1/chat/completions -H 'content-type: application/json' "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -15,6 +16,15 @@ M = TypeVar("M", bound=BaseModel)
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # ``1e400`` parses to inf, which validation accepts and the expert then receives as the
+    # non-JSON token ``Infinity``; reject it here like the NaN/Infinity constants.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -33,11 +43,14 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             f"Request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:
+        # A few KB of "[[[[..." exhaust the decoder's stack; that is the client's fault, not a 500.
+        raise InvalidRequest("Request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest(
             f"Request body must be a JSON object, not {type(body).__name__}.", code="invalid_json"
@@ -51,7 +64,7 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        param = ".".join(str(p) for p in _field_loc(body, err["loc"], err["type"])) or None
         message = f"Invalid value for '{param}': {err['msg']}." if param else err["msg"]
         if err["type"] == "missing":
             message = f"Missing required parameter: '{param}'."
@@ -61,3 +74,21 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         if more:
             message += f" ({more} more problem{'s' if more > 1 else ''})"
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+
+
+def _field_loc(body: Any, loc: tuple[int | str, ...], error_type: str) -> tuple[int | str, ...]:
+    """``loc`` cut to the part that names fields of ``body``.
+
+    Pydantic appends union members to the location (``messages.0.content.str``); those
+    are not fields the client sent, so the path stops where the input stops. A missing
+    field is the exception: its name is the point of the error.
+    """
+    node = body
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_dict or in_list):
+            missing = error_type == "missing" and isinstance(node, dict)
+            return loc[: i + 1] if missing and i == len(loc) - 1 else loc[:i]
+        node = node[part]
+    return loc

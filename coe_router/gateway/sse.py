@@ -13,6 +13,8 @@ from coe_router.errors import UpstreamBadResponse, UpstreamError
 from coe_router.experts.expert import UpstreamStream
 
 DONE = b"data: [DONE]\n\n"
+#: What ends an event: a blank line, in any of the three line-ending styles SSE allows.
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -40,7 +42,7 @@ class SSEResponse(StreamingResponse):
 
 
 class Relay:
-    """Pass upstream bytes through as they arrive; end every stream with ``[DONE]``.
+    """Pass upstream events through as each completes; end every stream with ``[DONE]``.
 
     An error after the stream started cannot change the status code any more, so it
     is sent as an ``error`` event (OpenAI's shape), then ``[DONE]``. ``on_end`` is
@@ -80,22 +82,35 @@ class Relay:
             self._on_end(self._outcome)
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
+        # Only whole events are passed on. If the expert breaks off mid-event, its half is
+        # dropped: a client parser would otherwise join it to our error event (or dispatch
+        # it as an event of its own) and fail on invalid JSON.
+        pending = b""
         tail = b""
-        first = True
         try:
             async for chunk in self._upstream:
-                if first:
+                pending += chunk
+                cut = _complete_events(pending)
+                if not cut:
+                    continue
+                events, pending = pending[:cut], pending[cut:]
+                if not tail:
                     self._on_first_byte()
-                    first = False
-                tail = (tail + chunk)[-32:]
-                yield chunk
+                tail = (tail + events)[-32:]
+                yield events
+            if pending.strip() == DONE.strip():  # [DONE] without its blank line: complete it
+                tail = DONE
+                yield DONE
             if DONE.strip() not in tail:
                 raise UpstreamBadResponse("the expert ended its stream without [DONE]")
             self._outcome = "200"
         except UpstreamError as exc:
             self._outcome = str(exc.status_code)
-            # Finish a half-written event before ours, so the client's parser stays in sync.
-            sep = b"" if not tail or tail.endswith(b"\n\n") else b"\n\n"
-            yield sep + sse_event(exc.to_body()) + DONE
+            yield sse_event(exc.to_body()) + DONE
         finally:
             await self._end()
+
+
+def _complete_events(buffer: bytes) -> int:
+    """Length of the prefix of ``buffer`` made of whole events (0 when none ends yet)."""
+    return max((i + len(sep) for sep in _EVENT_ENDS if (i := buffer.rfind(sep)) >= 0), default=0)

@@ -38,19 +38,21 @@ class KeywordRouter:
     name = "keyword"
 
     def __init__(self, catalog: Catalog, options: Mapping[str, Any]) -> None:
-        rules: Mapping[str, list[str]] = options.get("keywords") or catalog.keywords
+        unknown = sorted(set(options) - {"keywords"})
+        if unknown:
+            raise ConfigError(f"keyword router: unknown options {unknown}")
+        rules = _rules(options["keywords"]) if options.get("keywords") else catalog.keywords
         self._generalist = catalog.generalist.name
         self._expert_of: dict[str, str] = {}
         self._patterns: dict[str, re.Pattern[str]] = {}
         for category, words in rules.items():
             experts = catalog.experts_for(category)
             self._expert_of[category] = experts[0].name if experts else self._generalist
-            if words:
-                longest_first = sorted({w.lower() for w in words}, key=len, reverse=True)
+            # A blank keyword would compile to a pattern that matches every prompt.
+            cleaned = {w.strip().lower() for w in words if w.strip()}
+            if cleaned:
+                longest_first = sorted(cleaned, key=len, reverse=True)
                 self._patterns[category] = re.compile("|".join(map(_bounded, longest_first)))
-        unknown = sorted(set(options) - {"keywords"})
-        if unknown:
-            raise ConfigError(f"keyword router: unknown options {unknown}")
 
     async def route(self, messages: Sequence[ChatMessage]) -> RoutingDecision:
         """Score categories on the latest user turn, earlier user turns at half weight."""
@@ -85,6 +87,17 @@ class KeywordRouter:
             alternatives=alternatives,
             reason=f"{hits:g} weighted keyword hit(s) for {best!r}",
         )
+
+
+def _rules(value: Any) -> Mapping[str, list[str]]:
+    """The ``keywords`` option, checked: unlike the catalog's own lists nothing validated it,
+    and a bare string would be taken letter by letter."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(c, str) and isinstance(ws, list) and all(isinstance(w, str) for w in ws)
+        for c, ws in value.items()
+    ):
+        raise ConfigError("keyword router: option 'keywords' must map categories to word lists")
+    return value
 
 
 ROUTER_CLS["keyword"] = KeywordRouter

@@ -83,3 +83,14 @@ def app_of(client: httpx.AsyncClient) -> FastAPI:
     """The app behind a client from ``make_client``."""
     app: FastAPI = client.app  # type: ignore[attr-defined]
     return app
+
+
+def openai_error(resp: httpx.Response, status: int) -> dict[str, Any]:
+    """Check that ``resp`` is an OpenAI-style error with ``status``; return its ``error``."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    error = resp.json()["error"]
+    assert list(error) == ["message", "type", "param", "code"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return dict(error)

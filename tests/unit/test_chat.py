@@ -79,7 +79,7 @@ async def test_streaming_passes_chunks_through_and_ends_with_done(
     assert resp.headers["x-coe-expert"] == "code"
     events = [e for e in resp.text.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
-    deltas = [json.loads(e[len("data: "):])["choices"][0]["delta"] for e in events[:-1]]
+    deltas = [json.loads(e[len("data: ") :])["choices"][0]["delta"] for e in events[:-1]]
     assert "".join(d.get("content", "") for d in deltas) == "hello0 hello1 hello2 "
 
 
@@ -89,8 +89,6 @@ async def test_least_outstanding_balances_across_replicas(
     fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 0.05
     import asyncio
 
-    await asyncio.gather(
-        *(client.post("/v1/chat/completions", json=chat("hi")) for _ in range(6))
-    )
+    await asyncio.gather(*(client.post("/v1/chat/completions", json=chat("hi")) for _ in range(6)))
     assert len(fake.bodies_for(GENERAL[0])) == 3
     assert len(fake.bodies_for(GENERAL[1])) == 3

@@ -1,0 +1,156 @@
+"""Integration fixtures: the real gateway process with its real vLLM CPU experts.
+
+The gateway is started exactly as `make run` starts it (``python -m coe_router serve``
+with the embedded catalog), on free ports, once per session. It launches both
+experts; the fixture waits for ``/ready`` and fails with the experts' log tails if
+they do not come up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "integration-admin-key"
+#: vLLM on two CPU cores needs 60-110 s per expert; both load at once.
+READY_TIMEOUT_S = float(os.environ.get("COE_TEST_READY_TIMEOUT_S", "600"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def models_dir() -> Path:
+    """Where `make models` put the checkpoints."""
+    return Path(os.environ.get("COE_LOCAL__MODELS_DIR", ROOT / ".models"))
+
+
+@dataclass
+class Gateway:
+    """A running gateway process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    run_dir: Path
+    expert_pids: dict[str, int] = field(default_factory=dict)
+
+    def admin(self) -> dict[str, dict[str, object]]:
+        """``GET /admin/experts`` keyed by expert name."""
+        resp = httpx.get(
+            f"{self.url}/admin/experts",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        )
+        resp.raise_for_status()
+        return {e["name"]: e for e in resp.json()["data"]}
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the gateway's log and of each expert's log."""
+        out = [f"--- gateway log {self.log_path}"]
+        out += self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        for log in sorted(self.run_dir.glob("*.log")):
+            out.append(f"--- {log}")
+            out += log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(out)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in process group ``pgid``.
+
+    Launched experts lead their own group, so this also sees vLLM's engine-core child.
+    """
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway with both local experts up; stopped (and checked stopped) at the end."""
+    for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
+        if not (models_dir() / name / "config.json").exists():
+            pytest.fail(f"{models_dir() / name} is missing: run `make models` first")
+    tmp = tmp_path_factory.mktemp("gateway")
+    catalog = yaml.safe_load((ROOT / "deploy" / "local.yaml").read_text())
+    for expert in catalog["experts"]:
+        expert["launch"]["port"] = free_port()
+    catalog_path = tmp / "catalog.yaml"
+    catalog_path.write_text(yaml.safe_dump(catalog))
+    port = free_port()
+    run_dir = tmp / "run"
+    log_path = tmp / "gateway.log"
+    env = {
+        **os.environ,
+        "COE_CATALOG": str(catalog_path),
+        "COE_LOCAL__MODELS_DIR": str(models_dir()),
+        "COE_LOCAL__RUN_DIR": str(run_dir),
+        "COE_LOCAL__PROGRESS_INTERVAL_S": "15",
+        "COE_AUTH__ADMIN_KEY": ADMIN_KEY,
+        "COE_UPSTREAM__HEALTH_INTERVAL_S": "1",
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coe_router", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    gw = Gateway(f"http://127.0.0.1:{port}", process, log_path, run_dir)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited with {process.returncode}\n{gw.log_tail()}")
+            try:
+                if httpx.get(f"{gw.url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"experts not ready after {READY_TIMEOUT_S:.0f} s\n{gw.log_tail()}")
+            time.sleep(2)
+        gw.expert_pids = {
+            name: int(e["process"]["pid"])  # type: ignore[index, call-overload]
+            for name, e in gw.admin().items()
+        }
+        yield gw
+    finally:
+        _stop(process)
+    # A clean stop takes the launched experts (and their engine cores) down too.
+    deadline = time.monotonic() + 30
+    while any(group_alive(p) for p in gw.expert_pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = {n: p for n, p in gw.expert_pids.items() if group_alive(p)}
+    assert not alive, f"expert processes outlived the gateway: {alive}"
+    # uvicorn re-raises the SIGTERM it handled after a graceful shutdown.
+    assert process.returncode in (0, -signal.SIGTERM), gw.log_tail()
+    assert "Application shutdown complete" in log_path.read_text(errors="replace")
