@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from coe_router.config import Settings
-from coe_router.errors import ConfigError
+from coe_router.errors import CoEError, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": _serve, "models": _models, "catalog": _catalog}
     try:
         return handlers[args.command](args)
-    except ConfigError as exc:
+    except CoEError as exc:  # ConfigError, ModelPrepareError: a message, not a traceback
         print(f"coe-router: error: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

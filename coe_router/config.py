@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,37 @@ class LocalSettings(BaseModel):
     progress_interval_s: float = Field(default=10.0, gt=0)
 
 
+class TierSettings(BaseModel):
+    """The tiered pool: which experts are awake, within a memory budget per device.
+
+    Off by default: every expert stays as it is. On, experts that can change tier
+    (vLLM with sleep mode, or a launched local process) are woken on demand.
+    """
+
+    enabled: bool = False
+    #: Device -> GB available to awake experts (``tier.device`` in the catalog).
+    budgets_gb: dict[str, float] = Field(default_factory=lambda: {"gpu0": 80.0})
+    #: Eviction policy: ``score`` (recency * frequency * wake cost), ``lru``, ``lfu``, ``fifo``.
+    policy: Literal["score", "lru", "lfu", "fifo"] = "score"
+    #: ``grouped`` serves waiting requests by expert (fewer switches); ``fifo`` in arrival order.
+    scheduler: Literal["grouped", "fifo"] = "grouped"
+    #: A request waiting this long for its expert jumps the queue (starvation bound).
+    max_wait_s: float = Field(default=10.0, gt=0)
+    #: Longest a request waits for its expert before a 504.
+    queue_timeout_s: float = Field(default=600.0, gt=0)
+    #: A wake that takes longer fails (503) and the expert is marked unhealthy.
+    wake_timeout_s: float = Field(default=300.0, gt=0)
+    #: How long an expert whose wake failed is not tried again.
+    failure_backoff_s: float = Field(default=30.0, ge=0)
+    #: Routing trades quality for wake time: score - weight * expected wake seconds.
+    #: 0 routes on quality only.
+    wake_cost_weight: float = Field(default=0.0, ge=0)
+    #: Wake the experts that fit (pinned first, then catalog order) at start-up.
+    prewarm: bool = True
+    #: Recency time constant of the ``score`` policy.
+    recency_tau_s: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of coe-router's settings."""
 
@@ -89,3 +121,4 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    tiers: TierSettings = Field(default_factory=TierSettings)

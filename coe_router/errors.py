@@ -16,7 +16,8 @@ status and renders the single OpenAI-style body
     │   ├── UpstreamUnavailable           503 no live replica: down, refused, breaker open
     │   │   └── ExpertStarting            503 the replica's process is still loading
     │   └── UpstreamTimeout               504 the expert did not answer in time
-    └── ConfigError                       startup only: bad settings or catalog
+    ├── ConfigError                       startup only: bad settings or catalog
+    └── ModelPrepareError                 `coe-router models prepare` (experts/prepare.py)
 
 httpx exceptions are translated exactly once, in :func:`map_httpx_exceptions`,
 where the expert client calls its replica; nothing above ``experts/`` sees httpx.

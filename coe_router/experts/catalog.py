@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,6 +54,20 @@ class LaunchSpec(_Strict):
         return f"http://{self.host}:{self.port}"
 
 
+class TierSpec(_Strict):
+    """How the tiered pool treats an expert (used when ``COE_TIERS__ENABLED``)."""
+
+    #: The device whose memory budget it counts against.
+    device: str = "gpu0"
+    #: Never evicted.
+    pinned: bool = False
+    #: Level used when evicted: 1 (warm: weights to CPU RAM) or 2 (cold: weights dropped).
+    sleep_level: Literal[1, 2] = 1
+    #: The vLLM server runs with ``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1``.
+    #: Launched local experts are tiered by their process instead.
+    sleep_mode: bool = False
+
+
 class ExpertSpec(_Strict):
     """One expert model: its replicas (or launch spec) and what it is for."""
 
@@ -70,6 +84,7 @@ class ExpertSpec(_Strict):
     generalist: bool = False
     #: ``/ready`` waits for required experts only.
     required: bool = True
+    tier: TierSpec = Field(default_factory=TierSpec)
     description: str = ""
 
     @field_validator("replicas")

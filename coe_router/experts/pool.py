@@ -16,10 +16,15 @@ from typing import Any
 import httpx
 
 from coe_router.config import Settings
+from coe_router.errors import ConfigError
 from coe_router.experts.catalog import Catalog
+from coe_router.experts.eviction import EVICTION_POLICIES, ScorePolicy
 from coe_router.experts.expert import ExpertClient
 from coe_router.experts.process import LocalProcess
 from coe_router.experts.replica import Replica
+from coe_router.experts.residency import ProcessDriver, VLLMSleepDriver
+from coe_router.experts.scheduler import TierScheduler
+from coe_router.experts.tiers import ExpertResidency, ResidencyDriver, Tier
 from coe_router.metrics import Metrics
 
 log = logging.getLogger("coe_router.experts")
@@ -57,6 +62,36 @@ class ExpertPool:
                 spec, replicas, metrics, settings.upstream.max_attempts
             )
         self._tasks: list[asyncio.Task[None]] = []
+        #: The tiered pool's scheduler; None when tiering is off.
+        self.tiers = self._build_tiers(catalog) if settings.tiers.enabled else None
+
+    def _build_tiers(self, catalog: Catalog) -> TierScheduler:
+        """A scheduler over the experts that can change tier; the others stay as they are."""
+        ts = self._settings.tiers
+        residents = []
+        for spec in catalog.experts:
+            client = self.experts[spec.name]
+            driver: ResidencyDriver
+            if spec.name in self.processes:
+                driver = ProcessDriver(self.processes[spec.name], client.replicas[0])
+            elif spec.tier.sleep_mode:
+                driver = VLLMSleepDriver(spec.name, client.replicas, ts.wake_timeout_s)
+            else:
+                continue
+            residents.append(ExpertResidency(
+                name=spec.name, memory_gb=spec.memory_gb, device=spec.tier.device,
+                driver=driver, pinned=spec.tier.pinned, sleep_level=spec.tier.sleep_level,
+            ))  # fmt: skip
+        policy_cls = EVICTION_POLICIES[ts.policy]
+        policy = policy_cls(ts.recency_tau_s) if policy_cls is ScorePolicy else policy_cls()
+        try:
+            return TierScheduler(
+                residents, ts.budgets_gb, policy, mode=ts.scheduler, max_wait_s=ts.max_wait_s,
+                queue_timeout_s=ts.queue_timeout_s, wake_timeout_s=ts.wake_timeout_s,
+                failure_backoff_s=ts.failure_backoff_s, metrics=self._metrics,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(f"tiers: {exc}") from None
 
     def get(self, name: str) -> ExpertClient | None:
         """The expert called ``name``."""
@@ -67,25 +102,34 @@ class ExpertPool:
         return [r for e in self.experts.values() for r in e.replicas]
 
     def readiness(self) -> dict[str, dict[str, Any]]:
-        """Per expert: live or not, required or not, and each replica's state."""
-        return {
-            name: {
-                "live": e.live,
-                "required": e.spec.required,
-                "replicas": [r.describe() for r in e.replicas],
-            }
-            for name, e in self.experts.items()
-        }
+        """Per expert: live (or asleep but wakeable), required or not, tier, replica states."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, e in self.experts.items():
+            entry: dict[str, Any] = {"live": e.live, "required": e.spec.required}
+            if self.tiers is not None and name in self.tiers.experts:
+                r = self.tiers.experts[name]
+                entry["tier"] = r.tier.value
+                # An expert asleep on purpose is ready: the next request wakes it.
+                entry["live"] = e.live or (r.tier != Tier.HOT and r.wake_failures == 0)
+            entry["replicas"] = [r.describe() for r in e.replicas]
+            out[name] = entry
+        return out
 
     @property
     def ready(self) -> bool:
-        """Every required expert has a live replica."""
-        return all(e.live for e in self.experts.values() if e.spec.required)
+        """Every required expert has a live replica (or sleeps and can be woken)."""
+        return all(e["live"] for e in self.readiness().values() if e["required"])
 
     async def __aenter__(self) -> ExpertPool:
-        for process in self.processes.values():
-            await process.start()
+        managed = set(self.tiers.experts) if self.tiers is not None else set()
+        for name, process in self.processes.items():
+            if name not in managed:  # the tier scheduler starts its own
+                await process.start()
         await self.check_all()
+        if self.tiers is not None:
+            await self.tiers.start()
+            if self._settings.tiers.prewarm:
+                self.tiers.prewarm()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         if self.processes:
             self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
@@ -101,6 +145,8 @@ class ExpertPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.tiers is not None:
+            await self.tiers.aclose()
         await asyncio.gather(*(r.aclose() for r in self.replicas()))
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
 

@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from coe_router.errors import CoEError
+
 __all__ = [
     "KNOWN_MODELS",
     "MARKER_NAME",
@@ -81,8 +83,10 @@ ConvertFn = Callable[[Path, Path], None]
 ProgressFn = Callable[[str], None]
 
 
-class ModelPrepareError(Exception):
+class ModelPrepareError(CoEError):
     """Preparing a local model failed: download, extraction, checksum or conversion."""
+
+    error_type = "model_prepare_error"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from coe_router.protocol import (
     RouteResponse,
 )
 from coe_router.routing.base import RoutingDecision
+from coe_router.routing.tier_aware import prefer_awake
 
 router = APIRouter()
 T = TypeVar("T")
@@ -104,6 +105,11 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(request, state.settings.server.max_body_bytes)
     req = validate(ChatCompletionRequest, body)
     decision, _ = await _decide(state, req.model, req.messages)
+    tiers = state.pool.tiers
+    if tiers is not None and decision.strategy != "direct":
+        decision = prefer_awake(
+            decision, tiers.expected_wake_s, state.settings.tiers.wake_cost_weight
+        )
     expert = state.pool.get(decision.expert)
     if expert is None:  # a router named an expert the pool lacks: config drift, say so
         raise UpstreamUnavailable(f"router chose unknown expert {decision.expert!r}")
@@ -117,13 +123,21 @@ async def chat_completions(request: Request) -> Response:
     labels = (req.model, expert.name, decision.strategy)
     in_flight = metrics.in_flight.labels(expert.name)
     in_flight.inc()
+    held = False  # a slot on the tiered pool, released when the answer is done
 
     def finish(status: str) -> None:
+        if held:
+            assert tiers is not None
+            tiers.release(expert.name)
         in_flight.dec()
         metrics.requests.labels(*labels, status).inc()
         metrics.latency.labels(expert.name).observe(time.perf_counter() - started)
 
     try:
+        if tiers is not None and expert.name in tiers.experts:
+            # The decision exists before generation starts: the wake begins right here.
+            await _until_disconnect(request, tiers.acquire(expert.name))
+            held = True
         if req.stream:
             return await _stream(request, expert, forward, headers, started, finish, state)
         result, _replica = await _until_disconnect(request, expert.complete(forward))

@@ -18,7 +18,8 @@ from coe_router.protocol import ChatMessage
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """An expert the router considered, with its score in [0, 1]."""
+    """An expert the router considered, with its score in [0, 1] on the same scale as the
+    decision's ``confidence`` (tier-aware routing compares them)."""
 
     expert: str
     score: float

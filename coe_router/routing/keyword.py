@@ -75,9 +75,10 @@ class KeywordRouter:
         ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
         total = sum(scores.values())
         best, hits = ranked[0]
-        confidence = round((hits / total) * (1.0 - 0.5**hits), 4)
+        # Alternatives on the confidence scale, so tier-aware routing can weigh them against it.
+        confidence = _confidence(hits, total)
         alternatives = tuple(
-            Candidate(self._expert_of[c], round(s / total, 4)) for c, s in ranked[1:]
+            Candidate(self._expert_of[c], _confidence(s, total)) for c, s in ranked[1:]
         )
         return RoutingDecision(
             expert=self._expert_of[best],
@@ -87,6 +88,12 @@ class KeywordRouter:
             alternatives=alternatives,
             reason=f"{hits:g} weighted keyword hit(s) for {best!r}",
         )
+
+
+def _confidence(hits: float, total: float) -> float:
+    """``share * (1 - 0.5 ** hits)``: grows with hits, shrinks with competition."""
+    value: float = (hits / total) * (1.0 - 0.5**hits)
+    return round(value, 4)
 
 
 def _rules(value: Any) -> Mapping[str, list[str]]:

@@ -110,7 +110,10 @@ async def test_competing_hits_lower_confidence_and_show_as_alternatives() -> Non
     assert contested.category == "code"
     assert contested.confidence < alone.confidence
     assert contested.confidence == round(2 / 3 * 0.75, 4)
-    assert [(c.expert, c.score) for c in contested.alternatives] == [("general", 0.3333)]
+    # Alternatives are on the confidence scale: share 1/3, one hit.
+    assert [(c.expert, c.score) for c in contested.alternatives] == [
+        ("general", round(1 / 3 * 0.5, 4))
+    ]
     assert alone.alternatives == ()
 
 
@@ -181,18 +184,21 @@ async def test_earlier_user_turns_count_at_half_weight() -> None:
     # 1.0 each: a tie, where full weight would have made it code 2.0 to writing 1.0
     # (and counting the assistant's words would have tipped it to writing).
     assert decision.confidence == 0.5 * (1 - 0.5**1.0)
-    assert [c.score for c in decision.alternatives] == [0.5]
+    assert [c.score for c in decision.alternatives] == [0.5 * (1 - 0.5**1.0)]
     three = await route("python function bug", "a poem")  # 1.5 code vs 1.0 writing
     assert three.category == "code"
     assert three.confidence == round(1.5 / 2.5 * (1 - 0.5**1.5), 4)
-    assert [(c.expert, c.score) for c in three.alternatives] == [("general", 0.4)]
+    assert [(c.expert, c.score) for c in three.alternatives] == [("general", 0.4 * 0.5)]
     assert "1.5 weighted" in (three.reason or "")
 
 
 async def test_latest_turn_outweighs_one_earlier_hit() -> None:
     decision = await route("python please", "now a poem")
     assert decision.category == "writing"
-    assert [(c.expert, c.score) for c in decision.alternatives] == [("small-coder", 0.3333)]
+    # code: 0.5 weighted hit of 1.5 in all.
+    assert [(c.expert, c.score) for c in decision.alternatives] == [
+        ("small-coder", round(0.5 / 1.5 * (1 - 0.5**0.5), 4))
+    ]
 
 
 async def test_only_user_turns_count() -> None:

@@ -1,0 +1,124 @@
+"""Residency drivers: how one expert actually moves between tiers.
+
+:class:`VLLMSleepDriver` uses vLLM's sleep-mode API (server started with
+``--enable-sleep-mode`` and ``VLLM_SERVER_DEV_MODE=1``), exactly as vLLM 0.32's
+``entrypoints/serve/dev/sleep`` and ``dev/rpc`` routers define it:
+
+* ``POST /sleep?level=1|2&mode=wait``: level 1 offloads weights to CPU RAM and drops
+  the KV cache; level 2 drops both. ``mode=wait`` lets running requests finish.
+* ``POST /wake_up``: wakes everything (level 1 only: the weights come back from RAM).
+* After level 2 the weights must be reloaded before serving, in vLLM's own order
+  (``vllm/snapshot/server.py``): ``POST /wake_up?tags=weights`` (allocate),
+  ``POST /collective_rpc {"method": "reload_weights"}`` (load from disk), then
+  ``POST /wake_up?tags=kv_cache``.
+* ``GET /is_sleeping`` -> ``{"is_sleeping": bool}`` (it does not say the level).
+
+These endpoints have no authentication: keep experts on an internal network.
+
+:class:`ProcessDriver` tiers a launched local vLLM by its process (vLLM on CPU
+refuses sleep mode): cold = stopped, hot = started and healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from coe_router.errors import UpstreamBadResponse, map_httpx_exceptions
+from coe_router.experts.process import LocalProcess
+from coe_router.experts.replica import Replica
+from coe_router.experts.tiers import Tier
+
+
+class VLLMSleepDriver:
+    """Sleep and wake every replica of one expert through vLLM's dev endpoints."""
+
+    can_sleep = True
+
+    def __init__(self, expert: str, replicas: list[Replica], timeout_s: float = 300.0) -> None:
+        self._expert = expert
+        self._replicas = replicas
+        # Sleeping a large model or reloading its weights takes long; generous read timeout.
+        self._timeout = httpx.Timeout(timeout_s, connect=5.0)
+        #: The level we put it to sleep at; None when unknown (found asleep at start).
+        self._level: int | None = None
+
+    async def _call(self, replica: Replica, method: str, path: str, **kw: Any) -> Any:
+        what = f"expert {self._expert!r} at {replica.base_url}{path}"
+        with map_httpx_exceptions(what):
+            resp = await replica.client.request(method, path, timeout=self._timeout, **kw)
+        if resp.status_code != 200:
+            raise UpstreamBadResponse(f"{what} answered {resp.status_code}: {resp.text[:200]}")
+        return resp.json() if resp.content else None
+
+    async def sleep(self, level: int) -> Tier:
+        """``POST /sleep?level=N&mode=wait`` on every replica."""
+        await asyncio.gather(*(
+            self._call(r, "POST", "/sleep", params={"level": level, "mode": "wait"})
+            for r in self._replicas
+        ))  # fmt: skip
+        self._level = level
+        return Tier.WARM if level == 1 else Tier.COLD
+
+    async def wake(self, from_tier: Tier) -> None:
+        """Wake every replica; after level 2 (or an unknown level) reload the weights first."""
+        await asyncio.gather(*(self._wake_one(r, from_tier) for r in self._replicas))
+        self._level = None
+
+    async def _wake_one(self, replica: Replica, from_tier: Tier) -> None:
+        if from_tier == Tier.WARM and self._level == 1:
+            await self._call(replica, "POST", "/wake_up")
+        else:
+            await self._call(replica, "POST", "/wake_up", params={"tags": "weights"})
+            await self._call(replica, "POST", "/collective_rpc", json={"method": "reload_weights"})
+            await self._call(replica, "POST", "/wake_up", params={"tags": "kv_cache"})
+        state = await self._call(replica, "GET", "/is_sleeping")
+        if not isinstance(state, dict) or state.get("is_sleeping") is not False:
+            raise UpstreamBadResponse(f"expert {self._expert!r} still sleeps after wake_up")
+
+    async def probe(self) -> Tier:
+        """Hot when every replica is awake; asleep at an unknown level counts as cold."""
+        try:
+            states = await asyncio.gather(
+                *(self._call(r, "GET", "/is_sleeping") for r in self._replicas)
+            )
+        except Exception:
+            return Tier.COLD
+        if all(isinstance(s, dict) and s.get("is_sleeping") is False for s in states):
+            return Tier.HOT
+        # The level is not reported; only a level-1 sleep we did ourselves is known warm.
+        return Tier.WARM if self._level == 1 else Tier.COLD
+
+
+class ProcessDriver:
+    """Tier a launched local vLLM by stopping and starting its process."""
+
+    can_sleep = False
+
+    def __init__(self, process: LocalProcess, replica: Replica, poll_s: float = 0.5) -> None:
+        self._process = process
+        self._replica = replica
+        self._poll_s = poll_s
+
+    async def sleep(self, level: int) -> Tier:
+        """Stop the process: the expert is cold, whatever the level."""
+        await self._process.stop()
+        self._replica.state, self._replica.detail = "down", "stopped by the tier scheduler"
+        return Tier.COLD
+
+    async def wake(self, from_tier: Tier) -> None:
+        """Start the process (unless running) and wait until it passes health checks."""
+        if self._process.state not in ("starting", "ready"):
+            await self._process.start()
+        while await self._replica.check_health() != "up":
+            if self._process.state in ("exited", "failed"):
+                raise RuntimeError(self._process.detail)
+            await asyncio.sleep(self._poll_s)
+
+    async def probe(self) -> Tier:
+        """Hot while the process runs and answers; cold otherwise."""
+        if self._process.state not in ("starting", "ready"):
+            return Tier.COLD
+        return Tier.HOT if await self._replica.check_health() == "up" else Tier.COLD

@@ -1,0 +1,132 @@
+"""Tiers: where an expert's weights are, and what the pool knows about each expert.
+
+    hot   awake on the accelerator, serving
+    warm  asleep, weights in CPU RAM (vLLM sleep level 1): wakes in about a second
+    cold  weights dropped (vLLM sleep level 2) or the process not running
+
+A :class:`ResidencyDriver` moves one expert between tiers; the scheduler
+(:mod:`coe_router.experts.scheduler`) decides when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+
+class Tier(StrEnum):
+    """Residency of an expert's weights."""
+
+    HOT = "hot"
+    WARM = "warm"
+    COLD = "cold"
+
+
+class ResidencyDriver(Protocol):
+    """Moves one expert between tiers (through vLLM's sleep API, or its process)."""
+
+    #: Whether the expert can be warm; process tiering knows only hot and cold.
+    can_sleep: bool
+
+    async def wake(self, from_tier: Tier) -> None:
+        """Bring the expert to hot; return only once it can serve."""
+        ...
+
+    async def sleep(self, level: int) -> Tier:
+        """Put the expert to sleep at ``level`` (1: warm, 2: cold); return its new tier."""
+        ...
+
+    async def probe(self) -> Tier:
+        """The tier the expert is actually in."""
+        ...
+
+
+#: Default wake-time estimates (s) before any wake was measured: vLLM sleep-mode figures
+#: for a small model (level 1 about 0.3 s, level 2 about 0.9 s) and a cold vLLM start.
+DEFAULT_WAKE_ESTIMATE_S = {Tier.HOT: 0.0, Tier.WARM: 0.5, Tier.COLD: 30.0}
+
+#: Half-life of the decayed request rate that frequency-aware policies use.
+RATE_HALF_LIFE_S = 60.0
+
+
+@dataclass
+class Waiter:
+    """A request waiting for its expert to be hot."""
+
+    future: asyncio.Future[None]
+    since: float
+
+
+@dataclass
+class ExpertResidency:
+    """The pool's view of one expert: tier, load, usage history, wake statistics."""
+
+    name: str
+    memory_gb: float
+    device: str
+    driver: ResidencyDriver
+    pinned: bool = False
+    #: Level used when evicted: 1 keeps weights in CPU RAM, 2 drops them.
+    sleep_level: int = 1
+    tier: Tier = Tier.COLD
+    transition: Literal["waking", "sleeping"] | None = None
+    #: No new requests are let in; it sleeps once the last one finishes.
+    draining: bool = False
+    in_flight: int = 0
+    waiters: deque[Waiter] = field(default_factory=deque)
+    last_used: float = -math.inf
+    woke_at: float = -math.inf
+    wake_started: float = -math.inf
+    uses: int = 0
+    #: Exponentially decayed request count, as of ``_rate_at``.
+    _rate: float = 0.0
+    _rate_at: float = 0.0
+    #: Measured wake times (EWMA) by the tier woken from.
+    wake_s: dict[Tier, float] = field(default_factory=dict)
+    wakes: int = 0
+    sleeps: int = 0
+    wake_failures: int = 0
+    last_error: str = ""
+    #: Until then a failed expert is not woken again; requests fail fast.
+    unhealthy_until: float = -math.inf
+
+    @property
+    def evict_tier(self) -> Tier:
+        """The tier it falls to when evicted."""
+        return Tier.WARM if self.sleep_level == 1 and self.driver.can_sleep else Tier.COLD
+
+    @property
+    def holds_memory(self) -> bool:
+        """Counts against its device's budget: hot, or on its way in or out."""
+        return self.tier == Tier.HOT or self.transition is not None
+
+    @property
+    def serving(self) -> bool:
+        """Hot, settled and letting requests in."""
+        return self.tier == Tier.HOT and self.transition is None and not self.draining
+
+    def record_use(self, now: float) -> None:
+        """Count one request at ``now`` for recency and frequency."""
+        self._rate = self.rate(now) + 1.0
+        self._rate_at = now
+        self.uses += 1
+        self.last_used = now
+
+    def rate(self, now: float) -> float:
+        """The decayed request count at ``now``."""
+        decay: float = 0.5 ** (max(0.0, now - self._rate_at) / RATE_HALF_LIFE_S)
+        return self._rate * decay
+
+    def wake_estimate(self, from_tier: Tier) -> float:
+        """Expected seconds to wake from ``from_tier``: measured if known, else the default."""
+        return self.wake_s.get(from_tier, DEFAULT_WAKE_ESTIMATE_S[from_tier])
+
+    def record_wake(self, from_tier: Tier, seconds: float) -> None:
+        """Fold a measured wake time into the estimate (EWMA, alpha 0.3)."""
+        old = self.wake_s.get(from_tier)
+        self.wake_s[from_tier] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.wakes += 1

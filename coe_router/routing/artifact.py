@@ -1,0 +1,210 @@
+"""The router artifact: the one format training writes and the gateway reads.
+
+An artifact is a directory::
+
+    manifest.json   what the weights mean: encoder, labels, skills, calibration,
+                    library versions, data hash, validation metrics
+    weights.npz     plain numpy arrays (no pickle), so serving needs numpy and the
+                    encoder only, never scikit-learn
+
+Arrays (``D`` = embedding size, ``C`` = categories, ``S`` = skills):
+
+* ``category_coef`` ``(C, D)``, ``category_intercept`` ``(C,)``: multinomial logistic
+  regression; probabilities are ``softmax(logits / temperature)``.
+* ``category_centroids`` ``(C, D)``: unit-norm mean embedding per category, the
+  RouterRetriever pilots when no expert profiles exist.
+* ``skill_coef`` ``(S, D)``, ``skill_intercept`` ``(S,)`` (optional): one-vs-rest skill
+  detectors, ``sigmoid(logits / skill_temperature)``.
+
+Expert profiles (``profiles.json``, written by ``router_training profile``) live here
+too: they are the other half of the contract between training and serving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from coe_router.errors import ConfigError
+
+FORMAT = "coe-router/router-artifact"
+VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.npz"
+
+Array = NDArray[np.float32]
+
+
+@dataclass
+class RouterArtifact:
+    """A trained router: its manifest and its arrays."""
+
+    manifest: dict[str, Any]
+    arrays: dict[str, Array]
+    path: Path | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """The categories, in the order of the classifier's rows."""
+        return list(self.manifest["labels"])
+
+    @property
+    def skills(self) -> list[str]:
+        """The skills, in the order of the skill detectors' rows (may be empty)."""
+        return list(self.manifest.get("skills", []))
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        """How prompts were embedded: serving must embed the same way."""
+        return dict(self.manifest["encoder"])
+
+    @property
+    def temperature(self) -> float:
+        """Temperature of the category softmax (fitted on the validation split)."""
+        return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def skill_temperature(self) -> float:
+        """Temperature of the skill sigmoids."""
+        return float(self.manifest.get("calibration", {}).get("skill_temperature", 1.0))
+
+    @property
+    def fallback_threshold(self) -> float:
+        """Recommended confidence below which the generalist answers."""
+        return float(self.manifest.get("thresholds", {}).get("fallback", 0.0))
+
+    def category_proba(self, embeddings: Array) -> Array:
+        """Calibrated category probabilities, one row per embedding."""
+        logits = embeddings @ self.arrays["category_coef"].T + self.arrays["category_intercept"]
+        return softmax(logits / self.temperature)
+
+    def skill_proba(self, embeddings: Array) -> Array:
+        """Independent skill probabilities, one row per embedding."""
+        if "skill_coef" not in self.arrays:
+            raise ConfigError("router artifact has no skill detectors (fit with skills)")
+        logits = embeddings @ self.arrays["skill_coef"].T + self.arrays["skill_intercept"]
+        out: Array = (1.0 / (1.0 + np.exp(-logits / self.skill_temperature))).astype(np.float32)
+        return out
+
+    def save(self, directory: Path) -> Path:
+        """Write ``manifest.json`` and ``weights.npz`` into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT, "version": VERSION, **self.manifest, "weights": WEIGHTS}
+        np.savez_compressed(directory / WEIGHTS, **{k: np.asarray(v) for k, v in self.arrays.items()})
+        (directory / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        self.path = directory
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> RouterArtifact:
+        """Read an artifact directory; every problem is a ConfigError naming the path."""
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"router artifact {directory}: no {MANIFEST}") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"router artifact {directory}: unreadable {MANIFEST}: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ConfigError(f"router artifact {directory}: {MANIFEST} is not a {FORMAT}")
+        if manifest.get("version") != VERSION:
+            raise ConfigError(
+                f"router artifact {directory}: version {manifest.get('version')} "
+                f"(this gateway reads version {VERSION})"
+            )
+        try:
+            # allow_pickle=False: an artifact is data, never code.
+            with np.load(directory / manifest.get("weights", WEIGHTS), allow_pickle=False) as npz:
+                arrays = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"router artifact {directory}: unreadable weights: {exc}") from None
+        artifact = cls(manifest=manifest, arrays=arrays, path=directory)
+        artifact.check()
+        return artifact
+
+    def check(self) -> None:
+        """Shapes agree with the manifest (a truncated or mixed-up artifact fails here)."""
+        where = f"router artifact {self.path or '(in memory)'}"
+        for key in ("category_coef", "category_intercept", "category_centroids"):
+            if key not in self.arrays:
+                raise ConfigError(f"{where}: weights lack {key!r}")
+        n, dim = len(self.labels), int(self.manifest["encoder"].get("dim", 0))
+        if self.arrays["category_coef"].shape != (n, dim):
+            raise ConfigError(
+                f"{where}: category_coef has shape {self.arrays['category_coef'].shape}, "
+                f"expected ({n}, {dim}) from the manifest"
+            )
+        if self.skills and self.arrays.get("skill_coef", np.zeros(0)).shape != (
+            len(self.skills),
+            dim,
+        ):
+            raise ConfigError(f"{where}: skill_coef does not match the manifest's skills")
+
+
+def softmax(logits: Array) -> Array:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    out: Array = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+# --- expert profiles --------------------------------------------------------------------------
+
+
+@dataclass
+class ExpertProfiles:
+    """Measured quality of each expert per category and per skill (``profile`` output).
+
+    ``scores[expert][category]`` is mean quality in [0, 1]; ``skills`` likewise.
+    ``cost`` and ``latency_ms`` are per request.
+    """
+
+    categories: dict[str, dict[str, float]] = field(default_factory=dict)
+    skills: dict[str, dict[str, float]] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ExpertProfiles:
+        """Read ``profiles.json``."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"expert profiles {path}: cannot read: {exc}") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "expert profiles") -> ExpertProfiles:
+        """Parse the JSON shape ``{"experts": {name: {"categories": {c: {"score": x}}}}}``."""
+        experts = raw.get("experts") if isinstance(raw, Mapping) else None
+        if not isinstance(experts, Mapping):
+            raise ConfigError(f"{where}: expected an object with 'experts'")
+        out = cls()
+        for name, prof in experts.items():
+            out.categories[name] = _scores(prof.get("categories", {}))
+            out.skills[name] = _scores(prof.get("skills", {}))
+            if "cost" in prof:
+                out.cost[name] = float(prof["cost"])
+            if "latency_ms_p50" in prof:
+                out.latency_ms[name] = float(prof["latency_ms_p50"])
+        return out
+
+
+def _scores(block: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in block.items():
+        score = value.get("score") if isinstance(value, Mapping) else value
+        if isinstance(score, int | float) and math.isfinite(score):
+            out[key] = float(score)
+    return out
