@@ -104,9 +104,8 @@ class FakeSleepFleet:
     async def handle(self, request: httpx.Request) -> httpx.Response:
         r = self.replicas[request.url.host]
         path = request.url.path
-        r.calls.append(
-            f"{request.method} {path}{'?' + request.url.query.decode() if request.url.query else ''}"
-        )
+        query = f"?{request.url.query.decode()}" if request.url.query else ""
+        r.calls.append(f"{request.method} {path}{query}")
         if path == "/health":
             return httpx.Response(200)
         if path == "/is_sleeping":
