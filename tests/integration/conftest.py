@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -95,16 +96,19 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The gateway with both local experts up; stopped (and checked stopped) at the end."""
-    for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
-        if not (models_dir() / name / "config.json").exists():
-            pytest.fail(f"{models_dir() / name} is missing: run `make models` first")
-    tmp = tmp_path_factory.mktemp("gateway")
-    catalog = yaml.safe_load((ROOT / "deploy" / "local.yaml").read_text())
+def start_gateway(
+    tmp: Path,
+    catalog: dict[str, Any],
+    extra_env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Gateway:
+    """Start ``python -m coe_router serve`` on ``catalog`` (launched experts get free ports)."""
     for expert in catalog["experts"]:
-        expert["launch"]["port"] = free_port()
+        if "launch" in expert:
+            expert["launch"]["port"] = free_port()
+            model = expert["launch"]["model"]
+            if not (models_dir() / model / "config.json").exists():
+                pytest.fail(f"{models_dir() / model} is missing: run `make models` first")
     catalog_path = tmp / "catalog.yaml"
     catalog_path.write_text(yaml.safe_dump(catalog))
     port = free_port()
@@ -118,6 +122,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "COE_LOCAL__PROGRESS_INTERVAL_S": "15",
         "COE_AUTH__ADMIN_KEY": ADMIN_KEY,
         "COE_UPSTREAM__HEALTH_INTERVAL_S": "1",
+        **(extra_env or {}),
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -125,32 +130,47 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     gw = Gateway(f"http://127.0.0.1:{port}", process, log_path, run_dir)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    path = "/ready" if wait_ready else "/health"
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"gateway exited with {process.returncode}\n{gw.log_tail()}")
+        try:
+            if httpx.get(f"{gw.url}{path}", timeout=5).status_code == 200:
+                return gw
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(process)
+            pytest.fail(f"gateway not ready after {READY_TIMEOUT_S:.0f} s\n{gw.log_tail()}")
+        time.sleep(1)
+
+
+def stop_gateway(gw: Gateway, pids: Iterable[int]) -> None:
+    """Stop the gateway; check it shut down cleanly and took ``pids`` (expert groups) along."""
+    _stop(gw.process)
+    # A clean stop takes the launched experts (and their engine cores) down too.
+    pids = list(pids)
+    deadline = time.monotonic() + 30
+    while any(group_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = [p for p in pids if group_alive(p)]
+    assert not alive, f"expert processes outlived the gateway: {alive}"
+    # uvicorn re-raises the SIGTERM it handled after a graceful shutdown.
+    assert gw.process.returncode in (0, -signal.SIGTERM), gw.log_tail()
+    assert "Application shutdown complete" in gw.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The embedded default (deploy/local.yaml) with both local experts up."""
+    catalog = yaml.safe_load((ROOT / "deploy" / "local.yaml").read_text())
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), catalog)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"gateway exited with {process.returncode}\n{gw.log_tail()}")
-            try:
-                if httpx.get(f"{gw.url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"experts not ready after {READY_TIMEOUT_S:.0f} s\n{gw.log_tail()}")
-            time.sleep(2)
         gw.expert_pids = {
             name: int(e["process"]["pid"])  # type: ignore[index, call-overload]
             for name, e in gw.admin().items()
         }
         yield gw
     finally:
-        _stop(process)
-    # A clean stop takes the launched experts (and their engine cores) down too.
-    deadline = time.monotonic() + 30
-    while any(group_alive(p) for p in gw.expert_pids.values()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    alive = {n: p for n, p in gw.expert_pids.items() if group_alive(p)}
-    assert not alive, f"expert processes outlived the gateway: {alive}"
-    # uvicorn re-raises the SIGTERM it handled after a graceful shutdown.
-    assert process.returncode in (0, -signal.SIGTERM), gw.log_tail()
-    assert "Application shutdown complete" in log_path.read_text(errors="replace")
+        stop_gateway(gw, gw.expert_pids.values())
