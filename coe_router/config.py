@@ -110,6 +110,19 @@ class TierSettings(BaseModel):
     recency_tau_s: float = Field(default=30.0, gt=0)
 
 
+class SynthesisSettings(BaseModel):
+    """Multi-expert synthesis: limits and defaults for ``coe.synthesis`` requests."""
+
+    #: Most experts one request may ask (``coe.k``).
+    max_k: int = Field(default=5, ge=1)
+    default_k: int = Field(default=3, ge=1)
+    default_strategy: Literal["synthesize", "vote", "best"] = "synthesize"
+    #: Each panel member's own deadline; a slow one is left out.
+    expert_timeout_s: float = Field(default=120.0, gt=0)
+    #: Seconds between SSE comment lines while the panel works (keeps proxies from timing out).
+    keepalive_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of coe-router's settings."""
 
@@ -122,3 +135,4 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
+    synthesis: SynthesisSettings = Field(default_factory=SynthesisSettings)

@@ -37,6 +37,22 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool | None = None
 
 
+class CoERequestOptions(BaseModel):
+    """The request's ``coe`` extension object. Unknown keys are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Ask several experts and merge their answers (default: the virtual model's setting).
+    synthesis: bool | None = None
+    #: How many experts to ask (bounded by ``COE_SYNTHESIS__MAX_K``).
+    k: int | None = Field(default=None, ge=1)
+    #: The expert that merges the answers (``synthesize``).
+    aggregator: str | None = None
+    strategy: Literal["synthesize", "vote", "best"] | None = None
+    #: Keeps a conversation on its expert across turns (session affinity).
+    conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+
 class ChatCompletionRequest(OpenAIBaseModel):
     """``POST /v1/chat/completions`` body. Only the fields the gateway reads are typed;
     the rest (tools, response_format, logprobs, ...) are kept as extras and forwarded."""
@@ -60,7 +76,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     user: str | None = None
 
     # --- coe-router extensions ---
-    coe: dict[str, Any] | None = None
+    coe: CoERequestOptions | None = None
 
 
 class RouteRequest(OpenAIBaseModel):

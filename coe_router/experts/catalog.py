@@ -107,6 +107,15 @@ class ExpertSpec(_Strict):
         return [self.launch.base_url] if self.launch else list(self.replicas)
 
 
+class SynthesisSpec(_Strict):
+    """Multi-expert synthesis on by default for a virtual model (e.g. ``coe-synth``)."""
+
+    k: int | None = Field(default=None, ge=1)
+    strategy: Literal["synthesize", "vote", "best"] | None = None
+    #: The expert that merges the answers; default: the router's choice.
+    aggregator: str | None = None
+
+
 class VirtualModelSpec(_Strict):
     """A model name clients ask for that is routed rather than served."""
 
@@ -115,6 +124,7 @@ class VirtualModelSpec(_Strict):
     description: str = ""
     #: Passed to the router's constructor.
     options: dict[str, Any] = Field(default_factory=dict)
+    synthesis: SynthesisSpec | None = None
 
 
 class Catalog(_Strict):
@@ -139,6 +149,10 @@ class Catalog(_Strict):
         vnames = [v.name for v in self.virtual_models]
         if len(set(vnames)) != len(vnames):
             raise ValueError("virtual model names must be unique")
+        for v in self.virtual_models:
+            agg = v.synthesis.aggregator if v.synthesis else None
+            if agg is not None and agg not in names:
+                raise ValueError(f"virtual model {v.name!r}: aggregator {agg!r} is not an expert")
         if sum(e.generalist for e in self.experts) > 1:
             raise ValueError("at most one expert may be the generalist")
         ports = [e.launch.port for e in self.experts if e.launch]

@@ -16,6 +16,7 @@ from coe_router.gateway.auth import require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.sse import Relay, SSEResponse
 from coe_router.gateway.state import GatewayState, gateway_state
+from coe_router.gateway.synthesis import plan_synthesis, synthesis_response
 from coe_router.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -110,6 +111,9 @@ async def chat_completions(request: Request) -> Response:
         decision = prefer_awake(
             decision, tiers.expected_wake_s, state.settings.tiers.wake_cost_weight
         )
+    plan = plan_synthesis(req, state)
+    if plan is not None:  # several experts answer; the aggregation path takes it from here
+        return await synthesis_response(request, state, req, body, decision, plan)
     expert = state.pool.get(decision.expert)
     if expert is None:  # a router named an expert the pool lacks: config drift, say so
         raise UpstreamUnavailable(f"router chose unknown expert {decision.expert!r}")

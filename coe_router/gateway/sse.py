@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -109,6 +109,26 @@ class Relay:
             yield sse_event(exc.to_body()) + DONE
         finally:
             await self._end()
+
+
+async def data_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """The ``data:`` payload of each whole event of an SSE byte stream, up to ``[DONE]``."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        cut = _complete_events(pending)
+        if not cut:
+            continue
+        events, pending = pending[:cut], pending[cut:]
+        for event in events.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
+            data = b"\n".join(
+                line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+            )
+            if not data:
+                continue
+            if data.strip() == b"[DONE]":
+                return
+            yield data.decode("utf-8", "replace")
 
 
 def _complete_events(buffer: bytes) -> int:

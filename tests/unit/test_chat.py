@@ -50,7 +50,7 @@ async def test_unused_fields_reach_the_expert_untouched(
         "vendor_field": {"nested": [1, 2.5, None]},
     }  # fmt: skip
     resp = await client.post(
-        "/v1/chat/completions", json=chat("a poem", **extra, coe={"note": "ours"})
+        "/v1/chat/completions", json=chat("a poem", **extra, coe={"conversation_id": "c-1"})
     )
     assert resp.status_code == 200
     sent = fake.received[-1].body
@@ -92,3 +92,16 @@ async def test_least_outstanding_balances_across_replicas(
     await asyncio.gather(*(client.post("/v1/chat/completions", json=chat("hi")) for _ in range(6)))
     assert len(fake.bodies_for(GENERAL[0])) == 3
     assert len(fake.bodies_for(GENERAL[1])) == 3
+
+
+@pytest.mark.parametrize(
+    ("coe", "param"),
+    [({"unknown": 1}, "coe.unknown"), ({"k": 0}, "coe.k"), ({"strategy": "dance"}, "coe.strategy")],
+)
+async def test_bad_coe_extension_is_a_400_naming_the_field(
+    client: httpx.AsyncClient, fake: FakeVLLM, coe: dict[str, object], param: str
+) -> None:
+    resp = await client.post("/v1/chat/completions", json=chat("hi", coe=coe))
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == param
+    assert fake.received == []
