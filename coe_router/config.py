@@ -11,6 +11,8 @@ Examples::
     COE_AUTH__ADMIN_KEY=sk-admin
     COE_UPSTREAM__READ_TIMEOUT_S=120
     COE_LOCAL__MODELS_DIR=.models
+    COE_REDIS_URL=redis://redis:6379/0
+    COE_RATE_LIMITS__REQUESTS_PER_MIN=600
 """
 
 from __future__ import annotations
@@ -123,6 +125,82 @@ class SynthesisSettings(BaseModel):
     keepalive_s: float = Field(default=5.0, gt=0)
 
 
+class StateSettings(BaseModel):
+    """The shared state store (``coe_router/state``): in-process, or Redis when
+    ``COE_REDIS_URL`` is set. Redis calls carry explicit timeouts: a slow or absent Redis
+    costs a request at most ``socket_timeout_s`` once, then nothing for ``retry_interval_s``.
+    """
+
+    #: Prefix of every Redis key, so several deployments can share one Redis.
+    prefix: str = "coe:"
+    #: Longest wait for one Redis reply; past it the operation counts as failed.
+    socket_timeout_s: float = Field(default=0.25, gt=0)
+    connect_timeout_s: float = Field(default=0.25, gt=0)
+    #: Connections to Redis per gateway; a request waits at most ``socket_timeout_s`` for one.
+    max_connections: int = Field(default=64, ge=1)
+    #: After a failure, state operations are skipped (fail fast) this long, then retried.
+    retry_interval_s: float = Field(default=1.0, ge=0)
+    #: At most one "state store failing" log line per operation per this many seconds.
+    log_interval_s: float = Field(default=30.0, gt=0)
+    #: Fire-and-forget writes (decision log, affinity, cache fills, token counts) waiting;
+    #: more are dropped and counted, so a slow Redis never holds requests or memory.
+    background_queue: int = Field(default=1024, ge=1)
+    background_workers: int = Field(default=8, ge=1)
+    #: Keys the in-process store keeps (cache + affinity); the oldest go first.
+    memory_max_keys: int = Field(default=100_000, ge=1)
+
+
+class AffinitySettings(BaseModel):
+    """Session affinity: a conversation stays on the expert that answered it first."""
+
+    enabled: bool = True
+    #: A conversation nobody continued for this long is forgotten.
+    ttl_s: float = Field(default=1800.0, gt=0)
+    #: A new routing decision at least this confident moves the conversation to its expert.
+    move_confidence: float = Field(default=0.8, ge=0, le=1)
+
+
+class KeyLimits(BaseModel):
+    """Limits of one API key; ``None`` is unlimited."""
+
+    requests_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_min: int | None = Field(default=None, ge=1)
+
+
+class RateLimitSettings(BaseModel):
+    """Per-API-key sliding-window limits (one minute), shared by every gateway on one store."""
+
+    #: Every key's limits unless overridden; both unset turns rate limiting off.
+    requests_per_min: int | None = Field(default=None, ge=1)
+    tokens_per_min: int | None = Field(default=None, ge=1)
+    #: Key id (first 12 hex digits of sha256(key)) -> its own limits.
+    overrides: dict[str, KeyLimits] = Field(default_factory=dict)
+    #: When the store fails: ``open`` serves the request, ``closed`` answers 503.
+    on_store_error: Literal["open", "closed"] = "open"
+
+
+class CacheSettings(BaseModel):
+    """The exact-match response cache (on per virtual model: ``cache_ttl_s`` in the catalog)."""
+
+    #: Answers larger than this are not cached.
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: Share entries across API keys; off keeps each key's cache to itself.
+    shared_across_keys: bool = False
+
+
+class DecisionLogSettings(BaseModel):
+    """The capped routing-decision log (``python -m router_training replay`` reads it).
+
+    Off by default: it stores the users' prompts.
+    """
+
+    enabled: bool = False
+    #: Entries kept (approximately: Redis trims by whole nodes, ``MAXLEN ~``).
+    max_entries: int = Field(default=100_000, ge=1)
+    #: Prompts are cut to this many characters.
+    max_prompt_chars: int = Field(default=4000, ge=1)
+
+
 class Settings(BaseSettings):
     """All of coe-router's settings."""
 
@@ -135,4 +213,11 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
+    #: Redis for state shared by a fleet of gateways; unset keeps state in-process.
+    redis_url: SecretStr | None = None
+    state: StateSettings = Field(default_factory=StateSettings)
+    affinity: AffinitySettings = Field(default_factory=AffinitySettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    decision_log: DecisionLogSettings = Field(default_factory=DecisionLogSettings)
     synthesis: SynthesisSettings = Field(default_factory=SynthesisSettings)

@@ -16,11 +16,15 @@ status and renders the single OpenAI-style body
     │   ├── UpstreamUnavailable           503 no live replica: down, refused, breaker open
     │   │   └── ExpertStarting            503 the replica's process is still loading
     │   └── UpstreamTimeout               504 the expert did not answer in time
+    ├── RateLimited                       429 rate_limit_error / rate_limit_exceeded (+ headers)
+    ├── StateUnavailable                  503 state_unavailable: the shared state store failed
     ├── ConfigError                       startup only: bad settings or catalog
     └── ModelPrepareError                 `coe-router models prepare` (experts/prepare.py)
 
 httpx exceptions are translated exactly once, in :func:`map_httpx_exceptions`,
 where the expert client calls its replica; nothing above ``experts/`` sees httpx.
+redis exceptions are translated exactly once too, inside ``coe_router/state/`` (the only
+package that imports redis), into :class:`StateUnavailable`.
 """
 
 from __future__ import annotations
@@ -168,6 +172,35 @@ class UpstreamTimeout(UpstreamError):
     status_code = 504
     default_code = "upstream_timeout"
     kind = "timeout"
+
+
+class RateLimited(CoEError):
+    """The API key used up its requests or tokens for the current window."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: ``retry-after`` and ``x-ratelimit-*``, sent with the error body.
+        self.headers = dict(headers or {})
+
+
+class StateUnavailable(CoEError):
+    """The shared state store (Redis) failed, timed out or is being skipped after a failure.
+
+    Callers degrade (skip the cache, affinity, the decision log); a client sees this only
+    when rate limiting is configured to fail closed.
+    """
+
+    status_code = 503
+    error_type = "upstream_error"
+    default_code = "state_unavailable"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = dict(headers or {})
 
 
 class ConfigError(CoEError):

@@ -149,6 +149,33 @@ class Metrics:
             registry=r,
         )
 
+        # --- shared state (coe_router/state) ---
+        self.state_errors = Counter(
+            "coe_state_errors",
+            "State store operations that failed, timed out or were skipped after a failure "
+            "(the request was served without them), by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "coe_rate_limited",
+            "Requests refused with 429, by limit (requests or tokens).",
+            ["limit"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "coe_cache_lookups",
+            "Response cache lookups, by virtual model and result (hit, miss).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.affinity = Counter(
+            "coe_affinity",
+            "Routed requests by affinity outcome (sticky, moved, new).",
+            ["model", "outcome"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""
         return generate_latest(self.registry)

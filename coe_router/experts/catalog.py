@@ -124,6 +124,8 @@ class VirtualModelSpec(_Strict):
     description: str = ""
     #: Passed to the router's constructor.
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Cache exact repeats of a request for this many seconds (off when unset).
+    cache_ttl_s: float | None = Field(default=None, gt=0)
     synthesis: SynthesisSpec | None = None
 
 

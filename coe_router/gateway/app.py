@@ -11,25 +11,33 @@ from fastapi import FastAPI
 
 from coe_router import __version__
 from coe_router.config import Settings
+from coe_router.errors import RateLimited, StateUnavailable
 from coe_router.experts.catalog import load_catalog
 from coe_router.experts.pool import ExpertPool
 from coe_router.gateway import admin, chat, meta
 from coe_router.gateway.handlers import install_handlers
+from coe_router.gateway.ratelimit import error_with_headers
+from coe_router.gateway.shared import open_shared_state
 from coe_router.gateway.state import GatewayState
 from coe_router.metrics import Metrics
 from coe_router.routing.table import RoutingTable
+from coe_router.state import StateStore
 
 log = logging.getLogger("coe_router.gateway")
 
 
 def create_app(
-    settings: Settings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    *,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    state_store: StateStore | None = None,
 ) -> FastAPI:
     """Build the gateway for ``settings``.
 
     The catalog is loaded and routers are built here, so a bad catalog fails before
     the server binds; clients and processes start in the lifespan.
-    ``upstream_transport`` replaces the network for every replica (tests, benchmarks).
+    ``upstream_transport`` replaces the network for every replica (tests, benchmarks);
+    ``state_store`` replaces the store the settings choose (the app closes it).
     """
     catalog = load_catalog(settings.catalog)
     table = RoutingTable(catalog)
@@ -56,11 +64,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # Opened first, closed last: queued state writes still land while the pool stops.
+            shared = await stack.enter_async_context(
+                open_shared_state(settings, catalog, metrics, state_store)
+            )
             pool = await stack.enter_async_context(
                 ExpertPool(catalog, settings, metrics, transport=upstream_transport,
                            on_all_ready=announce)
             )  # fmt: skip
-            app.state.coe = GatewayState(settings, catalog, table, metrics, pool)
+            app.state.coe = GatewayState(settings, catalog, table, metrics, pool, shared)
             yield
 
     app = FastAPI(
@@ -71,6 +83,9 @@ def create_app(
         redoc_url=None,
     )
     install_handlers(app)
+    # Their headers (retry-after, x-ratelimit-*) matter to clients: more specific handlers.
+    app.add_exception_handler(RateLimited, error_with_headers)
+    app.add_exception_handler(StateUnavailable, error_with_headers)
     app.include_router(chat.router)
     app.include_router(meta.router)
     app.include_router(admin.router)

@@ -9,6 +9,7 @@ from fastapi import Request
 from coe_router.config import Settings
 from coe_router.experts.catalog import Catalog
 from coe_router.experts.pool import ExpertPool
+from coe_router.gateway.shared import SharedState
 from coe_router.metrics import Metrics
 from coe_router.routing.table import RoutingTable
 
@@ -22,6 +23,8 @@ class GatewayState:
     table: RoutingTable
     metrics: Metrics
     pool: ExpertPool
+    #: The state store and its uses (rate limits, cache, affinity, decision log).
+    shared: SharedState
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -174,3 +174,85 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield gw
     finally:
         stop_gateway(gw, gw.expert_pids.values())
+
+
+# --- Redis for the shared-state tests ---------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` on a free loopback port, without persistence, in its own directory.
+
+    ``stop()`` and ``start()`` again keep the port, so clients can reconnect to it.
+    """
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        """Start it and wait until it accepts connections."""
+        import shutil  # here, not at the top: this block is appended to a shared file
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed: the shared-state tests need it "
+                "(`make system-deps`, or `apt-get install redis-server`)"
+            )
+        log = (self.workdir / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"redis-server exited with {self.process.returncode}:\n{tail}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not answer on port {self.port} in {timeout} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop it (its data is gone: no persistence)."""
+        if self.process is not None:
+            _stop(self.process, timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop and restart it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

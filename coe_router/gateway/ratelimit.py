@@ -1,0 +1,167 @@
+"""Per-API-key rate limits: requests and tokens per minute, sliding window, on the store.
+
+Before routing, :meth:`RateLimiter.admit` counts the request atomically (one Lua script
+on Redis) if the key's sliding-window estimate leaves room for it and its tokens are
+under their limit; otherwise the client gets OpenAI's 429 (``rate_limit_error`` /
+``rate_limit_exceeded``) with ``retry-after`` and ``x-ratelimit-*`` headers. Tokens are
+known only after the answer: :meth:`RateLimiter.charge` adds the upstream ``usage`` in
+the background, so a key goes over its token limit by at most the requests in flight.
+Cached answers count as requests but cost no tokens.
+
+When the store fails, ``COE_RATE_LIMITS__ON_STORE_ERROR`` decides: ``open`` serves the
+request unlimited, ``closed`` answers 503 ``state_unavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from coe_router.config import KeyLimits, RateLimitSettings
+from coe_router.errors import RateLimited, StateUnavailable
+from coe_router.metrics import Metrics
+from coe_router.state import Admission, Background, StateGuard, StateStore, admission, window_index
+
+#: Caller id when no bearer key is sent (an open gateway): one shared budget.
+ANONYMOUS = "anonymous"
+
+
+def caller_id(request: Request) -> str:
+    """A stable, non-secret id of the request's API key: never store the key itself."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return ANONYMOUS
+    return key_id(token)
+
+
+def key_id(key: str) -> str:
+    """The id of ``key`` in settings (``rate_limits.overrides``), logs and the store."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{round(seconds, 1):g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+def limit_headers(adm: Admission) -> dict[str, str]:
+    """``x-ratelimit-*`` (OpenAI's names) for the limits that apply, plus ``retry-after``
+    when refused."""
+    headers: dict[str, str] = {}
+    if adm.requests_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(adm.requests_limit)
+        headers["x-ratelimit-remaining-requests"] = str(adm.requests_remaining)
+        headers["x-ratelimit-reset-requests"] = _duration(adm.requests_reset_s)
+    if adm.tokens_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(adm.tokens_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(adm.tokens_remaining)
+        headers["x-ratelimit-reset-tokens"] = _duration(adm.tokens_reset_s)
+    if not adm.allowed:
+        headers["retry-after"] = str(max(1, math.ceil(adm.retry_after_s)))
+    return headers
+
+
+def usage_tokens(obj: Any) -> int | None:
+    """``usage.total_tokens`` (or prompt + completion) of a response or chunk, if present."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    ints = [p for p in parts if isinstance(p, int) and not isinstance(p, bool)]
+    return sum(ints) if ints else None
+
+
+class RateLimiter:
+    """Admits or refuses requests per API key; counts their tokens afterwards."""
+
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        store: StateStore,
+        guard: StateGuard,
+        background: Background,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._guard = guard
+        self._background = background
+        self._metrics = metrics
+        # Wall-clock time: every gateway of a fleet must agree on window boundaries.
+        self._clock = clock
+
+    def limits_for(self, kid: str) -> KeyLimits:
+        """The limits of the key with id ``kid``."""
+        s = self._settings
+        return s.overrides.get(kid) or KeyLimits(
+            requests_per_min=s.requests_per_min, tokens_per_min=s.tokens_per_min
+        )
+
+    def counts_tokens(self, kid: str) -> bool:
+        """Whether answers for ``kid`` must report their usage."""
+        return self.limits_for(kid).tokens_per_min is not None
+
+    async def admit(self, kid: str) -> Admission | None:
+        """Count the request or raise :class:`RateLimited`; None when ``kid`` is unlimited
+        or the store failed open."""
+        limits = self.limits_for(kid)
+        if limits.requests_per_min is None and limits.tokens_per_min is None:
+            return None
+        now = self._clock()
+        try:
+            counts = await self._guard.call(
+                "rate_limit",
+                lambda: self._store.hit(kid, now, limits.requests_per_min, limits.tokens_per_min),
+            )
+        except StateUnavailable as exc:
+            if self._settings.on_store_error == "closed":
+                raise StateUnavailable(
+                    "Rate limits cannot be checked right now; retry shortly.",
+                    headers={"retry-after": "1"},
+                ) from exc
+            return None
+        adm = admission(
+            counts, window_index(now)[1], limits.requests_per_min, limits.tokens_per_min
+        )
+        if not adm.allowed:
+            assert adm.limit is not None
+            self._metrics.rate_limited.labels(adm.limit).inc()
+            limit = limits.requests_per_min if adm.limit == "requests" else limits.tokens_per_min
+            raise RateLimited(
+                f"Rate limit reached for {adm.limit} per min (limit: {limit}). "
+                f"Please try again in {_duration(adm.retry_after_s)}.",
+                headers=limit_headers(adm),
+            )
+        return adm
+
+    def charge(self, kid: str, tokens: int | None) -> None:
+        """Count ``tokens`` against ``kid`` (in the background; never blocks the answer)."""
+        if not tokens or not self.counts_tokens(kid):
+            return
+        now = self._clock()
+        self._background.submit(
+            "rate_limit_tokens", lambda: self._store.add_tokens(kid, now, tokens)
+        )
+
+
+async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
+    """Handler for :class:`RateLimited` and :class:`StateUnavailable`: the OpenAI body plus
+    the error's own headers (``retry-after``, ``x-ratelimit-*``)."""
+    assert isinstance(exc, RateLimited | StateUnavailable)
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
