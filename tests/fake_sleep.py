@@ -139,6 +139,9 @@ class FakeSleepFleet:
         return httpx.Response(404, json={"detail": "Not Found"})
 
     async def _sleep(self, r: SleepReplica, level: int) -> httpx.Response:
+        if r.sleeping:
+            # vLLM's executor: "if self.is_sleeping: logger.warning(...); return".
+            return httpx.Response(200, json={"status": "sleeping", "level": level})
         await asyncio.sleep(r.sleep_s.get(level, 0.0))
         if r.on_gpu:
             self.gpu.free(r.device, r.memory_gb)

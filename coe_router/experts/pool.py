@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -109,8 +110,10 @@ class ExpertPool:
             if self.tiers is not None and name in self.tiers.experts:
                 r = self.tiers.experts[name]
                 entry["tier"] = r.tier.value
-                # An expert asleep on purpose is ready: the next request wakes it.
-                entry["live"] = e.live or (r.tier != Tier.HOT and r.wake_failures == 0)
+                # An expert asleep on purpose is ready: the next request wakes it (unless its
+                # last wake failed and it is still in its back-off).
+                wakeable = time.monotonic() >= r.unhealthy_until
+                entry["live"] = (e.live and r.tier == Tier.HOT) or (r.tier != Tier.HOT and wakeable)
             entry["replicas"] = [r.describe() for r in e.replicas]
             out[name] = entry
         return out

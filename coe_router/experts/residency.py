@@ -55,12 +55,18 @@ class VLLMSleepDriver:
 
     async def sleep(self, level: int) -> Tier:
         """``POST /sleep?level=N&mode=wait`` on every replica."""
-        await asyncio.gather(*(
-            self._call(r, "POST", "/sleep", params={"level": level, "mode": "wait"})
-            for r in self._replicas
-        ))  # fmt: skip
+        await asyncio.gather(*(self._sleep_one(r, level) for r in self._replicas))
         self._level = level
         return Tier.WARM if level == 1 else Tier.COLD
+
+    async def _sleep_one(self, replica: Replica, level: int) -> None:
+        # vLLM ignores /sleep while anything still sleeps, and a wake that failed halfway
+        # (weights allocated, KV cache not) holds memory yet reports sleeping: finish
+        # that wake first so the sleep frees everything.
+        state = await self._call(replica, "GET", "/is_sleeping")
+        if isinstance(state, dict) and state.get("is_sleeping") is True:
+            await self._call(replica, "POST", "/wake_up")
+        await self._call(replica, "POST", "/sleep", params={"level": level, "mode": "wait"})
 
     async def wake(self, from_tier: Tier) -> None:
         """Wake every replica; after level 2 (or an unknown level) reload the weights first."""

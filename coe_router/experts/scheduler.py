@@ -64,6 +64,7 @@ class TierScheduler:
         self._metrics = metrics
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: list[asyncio.TimerHandle] = []
         #: Set (and replaced) after every scheduling round, for waiters on state changes.
         self._changed = asyncio.Event()
         for e in self.experts.values():
@@ -106,17 +107,16 @@ class TierScheduler:
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout_s)
         except TimeoutError:
-            self._drop(e, waiter)
-            raise UpstreamTimeout(
-                f"waited {self.queue_timeout_s:.0f} s for expert {name!r} to wake"
-            ) from None
+            # A grant can land while wait_for unwinds its timeout: then the request goes
+            # in after all (else its in-flight count would leak).
+            if not _granted(waiter):
+                self._drop(e, waiter)
+                raise UpstreamTimeout(
+                    f"waited {self.queue_timeout_s:.0f} s for expert {name!r} to wake"
+                ) from None
         except asyncio.CancelledError:
             # The client went away. A grant that raced the cancellation is handed back.
-            if (
-                waiter.future.done()
-                and not waiter.future.cancelled()
-                and not waiter.future.exception()
-            ):
+            if _granted(waiter):
                 self.release(name)
             else:
                 self._drop(e, waiter)
@@ -142,6 +142,9 @@ class TierScheduler:
         e = self.experts[name]
         if e.pinned:
             raise UpstreamUnavailable(f"expert {name!r} is pinned; unpin it first")
+        # A wake in progress ends by clearing ``draining``: let it finish first.
+        while e.transition == "waking":
+            await self._changed.wait()
         if e.tier != Tier.HOT and e.transition is None:
             return
         e.draining = True
@@ -211,6 +214,8 @@ class TierScheduler:
 
     async def aclose(self) -> None:
         """Cancel transitions in progress and fail whoever still waits."""
+        for timer in self._timers:
+            timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -224,8 +229,20 @@ class TierScheduler:
         if self.mode == "grouped":
             return True
         return not any(
-            o.waiters and o.waiters[0].since < now for o in self.experts.values() if o is not e
+            o.waiters and o.waiters[0].since < now and self._can_fit(o)
+            for o in self.experts.values()
+            if o is not e
         )
+
+    def _can_fit(self, c: ExpertResidency) -> bool:
+        """Whether ``c`` fits once every unpinned expert on its device is asleep: one that
+        does not waits for an unpin (or its queue timeout) and must hold up no one else."""
+        pinned = sum(
+            e.memory_gb for e in self.experts.values()
+            if e is not c and e.device == c.device and e.pinned and e.holds_memory
+            and e.transition != "sleeping"
+        )  # fmt: skip
+        return c.memory_gb <= self.budgets_gb[c.device] - pinned + 1e-9
 
     def _schedule(self) -> None:
         """Grant what can be granted, start wakes and evictions. Never awaits."""
@@ -243,6 +260,8 @@ class TierScheduler:
             free = budget - self.used_gb(c.device)
             if c.memory_gb <= free + 1e-9:
                 self._start_wake(c)
+                continue
+            if not self._can_fit(c):
                 continue
             # Later candidates on this device must not take the memory this one waits for.
             blocked.add(c.device)
@@ -288,7 +307,7 @@ class TierScheduler:
         starving = now - c.waiters[0].since >= self.max_wait_s
         candidates = [
             e for e in self.experts.values()
-            if e.device == device and e.serving and not e.pinned
+            if e.device == device and e.serving and not e.pinned and now >= e.sleep_retry_at
         ]  # fmt: skip
         if self.mode == "grouped" and not starving:
             # Do not cut a busy expert's group short; only idle ones may go.
@@ -325,7 +344,6 @@ class TierScheduler:
             await asyncio.wait_for(e.driver.wake(from_tier), self.wake_timeout_s)
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
-            e.transition = None
             e.wake_failures += 1
             e.last_error = reason
             e.unhealthy_until = self._clock() + self.failure_backoff_s
@@ -335,8 +353,18 @@ class TierScheduler:
             self._fail_waiters(
                 e, UpstreamUnavailable(f"expert {e.name!r} failed to wake: {reason}")
             )
-            with contextlib.suppress(Exception):
-                e.tier = await e.driver.probe()
+            # A wake that failed halfway or timed out may hold memory (the server may even
+            # finish it on its own): put it back to sleep at level 2 (its weights may be
+            # garbage) and count its memory until that is done.
+            e.transition = "sleeping"
+            self._publish()
+            try:
+                e.tier = await asyncio.wait_for(e.driver.sleep(2), self.wake_timeout_s)
+            except Exception as sleep_exc:
+                log.error("expert %r: sleep after a failed wake failed: %s", e.name, sleep_exc)
+                with contextlib.suppress(Exception):
+                    e.tier = await e.driver.probe()
+            e.transition = None
             self._schedule()
             return
         elapsed = self._clock() - t0
@@ -359,6 +387,12 @@ class TierScheduler:
             log.error("expert %r: sleep failed: %s", e.name, exc)
             e.last_error = f"sleep failed: {exc}"
             e.tier, e.transition, e.draining = Tier.HOT, None, False
+            # Not chosen for eviction again until the backoff ends (no tight retry loop);
+            # then look again, for whoever still waits for its memory.
+            e.sleep_retry_at = self._clock() + self.failure_backoff_s
+            loop = asyncio.get_running_loop()
+            self._timers = [t for t in self._timers if t.when() > loop.time()]
+            self._timers.append(loop.call_later(self.failure_backoff_s, self._schedule))
             self._schedule()
             return
         elapsed = self._clock() - t0
@@ -400,3 +434,9 @@ class TierScheduler:
         for device, budget in self.budgets_gb.items():
             m.budget_total.labels(device).set(budget)
             m.budget_used.labels(device).set(self.used_gb(device))
+
+
+def _granted(waiter: Waiter) -> bool:
+    """The waiter was let in (its future holds a result, not a cancellation or error)."""
+    f = waiter.future
+    return f.done() and not f.cancelled() and f.exception() is None

@@ -93,6 +93,8 @@ class ExpertResidency:
     last_error: str = ""
     #: Until then a failed expert is not woken again; requests fail fast.
     unhealthy_until: float = -math.inf
+    #: Until then an expert whose sleep failed is not chosen for eviction again.
+    sleep_retry_at: float = -math.inf
 
     @property
     def evict_tier(self) -> Tier:

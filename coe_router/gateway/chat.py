@@ -145,11 +145,15 @@ async def chat_completions(request: Request) -> Response:
     req = validate(ChatCompletionRequest, body)
     plan = plan_synthesis(req, state)
     caller = caller_id(request)
-    quota = await shared.limiter.admit(caller)  # 429 before any routing work
-    extra_headers = limit_headers(quota) if quota is not None else {}
     cache = None if plan else shared.cache.plan(req.model, body, bool(req.stream), caller)
+    # The rate limit (429 before any routing work) and the cache lookup are independent
+    # store round trips: with Redis, overlap them rather than pay for both in a row.
+    if cache is None:
+        quota, hit = await shared.limiter.admit(caller), None
+    else:
+        quota, hit = await asyncio.gather(shared.limiter.admit(caller), shared.cache.lookup(cache))
+    extra_headers = limit_headers(quota) if quota is not None else {}
     if cache is not None:
-        hit = await shared.cache.lookup(cache)
         if hit is not None:
             return replay(hit, extra_headers)
         extra_headers["x-coe-cache"] = "miss"
