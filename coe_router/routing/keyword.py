@@ -27,6 +27,19 @@ def _bounded(word: str) -> str:
     return head + re.escape(word) + tail
 
 
+def _pattern(words: set[str]) -> re.Pattern[str]:
+    """One pattern for a category's words, longest first.
+
+    Words that start and end with a word character share one pair of boundary checks
+    around their alternation: per-word lookarounds made routing about 8x slower.
+    """
+    longest_first = sorted(words, key=len, reverse=True)
+    plain = [w for w in longest_first if re.match(r"\w", w) and re.search(r"\w$", w)]
+    odd = [_bounded(w) for w in longest_first if w not in plain]
+    parts = [rf"(?<!\w)(?:{'|'.join(map(re.escape, plain))})(?!\w)"] if plain else []
+    return re.compile("|".join(parts + odd))
+
+
 class KeywordRouter:
     """Counts distinct keyword hits per category in the user's turns.
 
@@ -51,8 +64,7 @@ class KeywordRouter:
             # A blank keyword would compile to a pattern that matches every prompt.
             cleaned = {w.strip().lower() for w in words if w.strip()}
             if cleaned:
-                longest_first = sorted(cleaned, key=len, reverse=True)
-                self._patterns[category] = re.compile("|".join(map(_bounded, longest_first)))
+                self._patterns[category] = _pattern(cleaned)
 
     async def route(self, messages: Sequence[ChatMessage]) -> RoutingDecision:
         """Score categories on the latest user turn, earlier user turns at half weight."""
