@@ -110,6 +110,10 @@ class TierSettings(BaseModel):
     prewarm: bool = True
     #: Recency time constant of the ``score`` policy.
     recency_tau_s: float = Field(default=30.0, gt=0)
+    #: Several gateways (Redis): how often each refreshes its view of the shared tier table.
+    sync_interval_s: float = Field(default=1.0, gt=0)
+    #: Several gateways: TTL of a device's tier lease (renewed while a change runs).
+    lease_ttl_s: float = Field(default=15.0, gt=0)
 
 
 class SynthesisSettings(BaseModel):

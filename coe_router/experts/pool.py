@@ -25,7 +25,7 @@ from coe_router.experts.process import LocalProcess
 from coe_router.experts.replica import Replica
 from coe_router.experts.residency import ProcessDriver, VLLMSleepDriver
 from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, ResidencyDriver, Tier
+from coe_router.experts.tiers import ExpertResidency, ResidencyDriver, Tier, TierCoordinator
 from coe_router.metrics import Metrics
 
 log = logging.getLogger("coe_router.experts")
@@ -42,6 +42,7 @@ class ExpertPool:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         on_all_ready: Callable[[ExpertPool], None] | None = None,
+        coordinator: TierCoordinator | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -64,9 +65,9 @@ class ExpertPool:
             )
         self._tasks: list[asyncio.Task[None]] = []
         #: The tiered pool's scheduler; None when tiering is off.
-        self.tiers = self._build_tiers(catalog) if settings.tiers.enabled else None
+        self.tiers = self._build_tiers(catalog, coordinator) if settings.tiers.enabled else None
 
-    def _build_tiers(self, catalog: Catalog) -> TierScheduler:
+    def _build_tiers(self, catalog: Catalog, coordinator: TierCoordinator | None) -> TierScheduler:
         """A scheduler over the experts that can change tier; the others stay as they are."""
         ts = self._settings.tiers
         residents = []
@@ -90,6 +91,7 @@ class ExpertPool:
                 residents, ts.budgets_gb, policy, mode=ts.scheduler, max_wait_s=ts.max_wait_s,
                 queue_timeout_s=ts.queue_timeout_s, wake_timeout_s=ts.wake_timeout_s,
                 failure_backoff_s=ts.failure_backoff_s, metrics=self._metrics,
+                coordinator=coordinator, sync_interval_s=ts.sync_interval_s,
             )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"tiers: {exc}") from None

@@ -28,7 +28,8 @@ from typing import Literal
 
 from coe_router.errors import UpstreamTimeout, UpstreamUnavailable
 from coe_router.experts.eviction import EvictionPolicy
-from coe_router.experts.tiers import ExpertResidency, Tier, Waiter
+from coe_router.experts.fleet import FleetTiers
+from coe_router.experts.tiers import ExpertResidency, Tier, TierCoordinator, Waiter
 from coe_router.metrics import Metrics
 
 log = logging.getLogger("coe_router.experts.tiers")
@@ -52,8 +53,13 @@ class TierScheduler:
         failure_backoff_s: float = 30.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        coordinator: TierCoordinator | None = None,
+        sync_interval_s: float = 1.0,
     ) -> None:
         self.experts = {e.name: e for e in experts}
+        #: Several gateways: tier changes under the fleet's device lease (None: alone).
+        self._fleet = FleetTiers(coordinator, self.experts, clock) if coordinator else None
+        self._sync_interval_s = sync_interval_s
         self.budgets_gb = dict(budgets_gb)
         self.policy = policy
         self.mode: SchedulingMode = mode
@@ -197,7 +203,18 @@ class TierScheduler:
                     used += e.memory_gb
                 else:
                     self._start_sleep(e)
+        if self._fleet is not None:
+            self._fleet.apply(await self._fleet.table())
+            self._spawn(self._sync_loop(), "tier-sync")
         self._publish()
+
+    async def _sync_loop(self) -> None:
+        """Keep the view of settled experts within ``sync_interval_s`` of the fleet's table."""
+        assert self._fleet is not None
+        while True:
+            await asyncio.sleep(self._sync_interval_s)
+            if self._fleet.apply(await self._fleet.table()):
+                self._schedule()
 
     def prewarm(self) -> None:
         """Start waking, per device, the experts that fit: pinned first, then in order."""
@@ -338,6 +355,37 @@ class TierScheduler:
         self._spawn(self._sleep(e), f"sleep-{e.name}")
 
     async def _wake(self, e: ExpertResidency) -> None:
+        if self._fleet is None:
+            await self._do_wake(e)
+            return
+        try:
+            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
+                if token is None:  # the store is down: act alone
+                    await self._do_wake(e)
+                    return
+                # The table may lag (or hold a dead gateway's half-done change): ask the
+                # expert itself where it is.
+                e.tier = await e.driver.probe()
+                if e.tier == Tier.HOT:  # another gateway woke it meanwhile
+                    e.transition, e.draining = None, False
+                elif self.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
+                    # The fleet's awake set leaves no room now: back to the queue.
+                    e.transition = None
+                else:
+                    await self._fleet.publish(e.device, token, e)
+                    await self._do_wake(e)
+                await self._fleet.publish(e.device, token, e)
+        except TimeoutError:
+            e.transition = None
+            self._fail_waiters(
+                e,
+                UpstreamUnavailable(
+                    f"expert {e.name!r}: another gateway held the tier lease for too long"
+                ),
+            )
+        self._schedule()
+
+    async def _do_wake(self, e: ExpertResidency) -> None:
         from_tier = e.tier
         t0 = self._clock()
         try:
@@ -378,6 +426,29 @@ class TierScheduler:
         self._schedule()
 
     async def _sleep(self, e: ExpertResidency) -> None:
+        if self._fleet is None:
+            await self._do_sleep(e)
+            return
+        try:
+            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
+                if token is None:
+                    await self._do_sleep(e)
+                    return
+                e.tier = await e.driver.probe()
+                if e.tier != Tier.HOT:  # another gateway put it to sleep meanwhile
+                    e.transition, e.draining = None, False
+                else:
+                    # Announce the sleep, then give the other gateways two sync rounds to
+                    # stop sending to it; what they already sent finishes (mode=wait).
+                    await self._fleet.publish(e.device, token, e)
+                    await asyncio.sleep(2 * self._sync_interval_s)
+                    await self._do_sleep(e)
+                await self._fleet.publish(e.device, token, e)
+        except TimeoutError:
+            e.transition, e.draining = None, False
+        self._schedule()
+
+    async def _do_sleep(self, e: ExpertResidency) -> None:
         level = e.sleep_level if e.driver.can_sleep else 2
         t0 = self._clock()
         try:

@@ -45,6 +45,40 @@ class ResidencyDriver(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SharedTier:
+    """One expert's entry in the tier table several gateways share."""
+
+    tier: Tier
+    transition: Literal["waking", "sleeping"] | None
+
+
+class TierCoordinator(Protocol):
+    """Makes tier changes of several gateways one truth (a lease per device, fenced writes).
+
+    A gateway changes an expert's tier only while it holds its device's lease, and
+    publishes every change under the lease's fencing token; a holder that lost its lease
+    (paused, partitioned) is refused. The shared table is what other gateways sync from.
+    """
+
+    async def lock(self, device: str, timeout_s: float) -> int | None:
+        """Take ``device``'s transition lease (waiting up to ``timeout_s``); its fencing
+        token, or None when the shared store is unavailable (act alone, as one gateway)."""
+        ...
+
+    async def publish(self, device: str, token: int, expert: str, entry: SharedTier) -> bool:
+        """Write ``expert``'s entry while holding the lease under ``token``."""
+        ...
+
+    async def unlock(self, device: str, token: int) -> None:
+        """Give the lease back."""
+        ...
+
+    async def table(self) -> dict[str, SharedTier]:
+        """The shared tier table (empty when unavailable)."""
+        ...
+
+
 #: Default wake-time estimates (s) before any wake was measured: vLLM sleep-mode figures
 #: for a small model (level 1 about 0.3 s, level 2 about 0.9 s) and a cold vLLM start.
 DEFAULT_WAKE_ESTIMATE_S = {Tier.HOT: 0.0, Tier.WARM: 0.5, Tier.COLD: 30.0}

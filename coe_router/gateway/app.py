@@ -23,6 +23,7 @@ from coe_router.gateway.state import GatewayState
 from coe_router.metrics import Metrics
 from coe_router.routing.table import RoutingTable
 from coe_router.state import StateStore
+from coe_router.state.tier_table import SharedTierTable
 
 log = logging.getLogger("coe_router.gateway")
 
@@ -69,9 +70,14 @@ def create_app(
             shared = await stack.enter_async_context(
                 open_shared_state(settings, catalog, metrics, state_store)
             )
+            # A shared store makes tier changes one truth for the fleet; alone, no need.
+            coordinator = (
+                SharedTierTable(shared.store, shared.guard, ttl_s=settings.tiers.lease_ttl_s)
+                if settings.tiers.enabled and shared.store.kind != "memory" else None
+            )  # fmt: skip
             pool = await stack.enter_async_context(
                 ExpertPool(catalog, settings, metrics, transport=upstream_transport,
-                           on_all_ready=announce)
+                           on_all_ready=announce, coordinator=coordinator)
             )  # fmt: skip
             app.state.coe = GatewayState(settings, catalog, table, metrics, pool, shared)
             # Everything built so far lives as long as the app: keep it out of the cyclic
