@@ -1,0 +1,185 @@
+"""Carrying out tier changes: wake and sleep an expert, alone or under the fleet's lease.
+
+The scheduler decides *what* changes (:mod:`coe_router.experts.scheduler`); this mixin
+*does* them as background tasks and reports back by calling ``_schedule()`` again.
+A failed wake puts the expert back to sleep at level 2 (its memory stays counted until
+that is done); a failed sleep keeps it hot and serving, out of eviction for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from coe_router.errors import UpstreamUnavailable
+from coe_router.experts.fleet import FleetTiers
+from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.metrics import Metrics
+
+log = logging.getLogger("coe_router.experts.tiers")
+
+
+class Transitions:
+    """Wakes and sleeps for :class:`~coe_router.experts.scheduler.TierScheduler`."""
+
+    # Provided by the scheduler.
+    budgets_gb: dict[str, float]
+    wake_timeout_s: float
+    failure_backoff_s: float
+    _fleet: FleetTiers | None
+    _sync_interval_s: float
+    _metrics: Metrics | None
+    _clock: Callable[[], float]
+    _tasks: set[asyncio.Task[None]]
+    _timers: list[asyncio.TimerHandle]
+
+    def _schedule(self) -> None:
+        raise NotImplementedError
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def _fail_waiters(self, e: ExpertResidency, exc: Exception) -> None:
+        raise NotImplementedError
+
+    def used_gb(self, device: str) -> float:
+        raise NotImplementedError
+
+    # --- transitions -----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_wake(self, e: ExpertResidency) -> None:
+        e.transition = "waking"
+        e.wake_started = self._clock()
+        self._spawn(self._wake(e), f"wake-{e.name}")
+
+    def _start_sleep(self, e: ExpertResidency) -> None:
+        e.transition = "sleeping"
+        self._spawn(self._sleep(e), f"sleep-{e.name}")
+
+    async def _wake(self, e: ExpertResidency) -> None:
+        if self._fleet is None:
+            await self._do_wake(e)
+            return
+        try:
+            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
+                if token is None:  # the store is down: act alone
+                    await self._do_wake(e)
+                    return
+                # The table may lag (or hold a dead gateway's half-done change): ask the
+                # expert itself where it is.
+                e.tier = await e.driver.probe()
+                if e.tier == Tier.HOT:  # another gateway woke it meanwhile
+                    e.transition, e.draining = None, False
+                elif self.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
+                    # The fleet's awake set leaves no room now: back to the queue.
+                    e.transition = None
+                else:
+                    await self._fleet.publish(e.device, token, e)
+                    await self._do_wake(e)
+                await self._fleet.publish(e.device, token, e)
+        except TimeoutError:
+            e.transition = None
+            self._fail_waiters(
+                e,
+                UpstreamUnavailable(
+                    f"expert {e.name!r}: another gateway held the tier lease for too long"
+                ),
+            )
+        self._schedule()
+
+    async def _do_wake(self, e: ExpertResidency) -> None:
+        from_tier = e.tier
+        t0 = self._clock()
+        try:
+            await asyncio.wait_for(e.driver.wake(from_tier), self.wake_timeout_s)
+        except Exception as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            e.wake_failures += 1
+            e.last_error = reason
+            e.unhealthy_until = self._clock() + self.failure_backoff_s
+            log.error("expert %r: wake from %s failed: %s", e.name, from_tier, reason)
+            if self._metrics is not None:
+                self._metrics.wake_failures.labels(e.name).inc()
+            self._fail_waiters(
+                e, UpstreamUnavailable(f"expert {e.name!r} failed to wake: {reason}")
+            )
+            # A wake that failed halfway or timed out may hold memory (the server may even
+            # finish it on its own): put it back to sleep at level 2 (its weights may be
+            # garbage) and count its memory until that is done.
+            e.transition = "sleeping"
+            self._publish()
+            try:
+                e.tier = await asyncio.wait_for(e.driver.sleep(2), self.wake_timeout_s)
+            except Exception as sleep_exc:
+                log.error("expert %r: sleep after a failed wake failed: %s", e.name, sleep_exc)
+                with contextlib.suppress(Exception):
+                    e.tier = await e.driver.probe()
+            e.transition = None
+            self._schedule()
+            return
+        elapsed = self._clock() - t0
+        e.tier, e.transition, e.draining = Tier.HOT, None, False
+        e.woke_at = self._clock()
+        e.record_wake(from_tier, elapsed)
+        log.info("expert %r: %s -> hot in %.2f s", e.name, from_tier, elapsed)
+        if self._metrics is not None:
+            self._metrics.wake_seconds.labels(e.name, from_tier.value).observe(elapsed)
+            self._metrics.switches.labels(e.name).inc()
+        self._schedule()
+
+    async def _sleep(self, e: ExpertResidency) -> None:
+        if self._fleet is None:
+            await self._do_sleep(e)
+            return
+        try:
+            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
+                if token is None:
+                    await self._do_sleep(e)
+                    return
+                e.tier = await e.driver.probe()
+                if e.tier != Tier.HOT:  # another gateway put it to sleep meanwhile
+                    e.transition, e.draining = None, False
+                else:
+                    # Announce the sleep, then give the other gateways two sync rounds to
+                    # stop sending to it; what they already sent finishes (mode=wait).
+                    await self._fleet.publish(e.device, token, e)
+                    await asyncio.sleep(2 * self._sync_interval_s)
+                    await self._do_sleep(e)
+                await self._fleet.publish(e.device, token, e)
+        except TimeoutError:
+            e.transition, e.draining = None, False
+        self._schedule()
+
+    async def _do_sleep(self, e: ExpertResidency) -> None:
+        level = e.sleep_level if e.driver.can_sleep else 2
+        t0 = self._clock()
+        try:
+            tier = await e.driver.sleep(level)
+        except Exception as exc:
+            # Its memory is still held: keep it hot and serving rather than guess.
+            log.error("expert %r: sleep failed: %s", e.name, exc)
+            e.last_error = f"sleep failed: {exc}"
+            e.tier, e.transition, e.draining = Tier.HOT, None, False
+            # Not chosen for eviction again until the backoff ends (no tight retry loop);
+            # then look again, for whoever still waits for its memory.
+            e.sleep_retry_at = self._clock() + self.failure_backoff_s
+            loop = asyncio.get_running_loop()
+            self._timers = [t for t in self._timers if t.when() > loop.time()]
+            self._timers.append(loop.call_later(self.failure_backoff_s, self._schedule))
+            self._schedule()
+            return
+        elapsed = self._clock() - t0
+        e.tier, e.transition, e.draining = tier, None, False
+        e.sleeps += 1
+        log.info("expert %r: hot -> %s in %.2f s", e.name, tier, elapsed)
+        if self._metrics is not None:
+            self._metrics.sleep_seconds.labels(e.name, str(level)).observe(elapsed)
+        self._schedule()
