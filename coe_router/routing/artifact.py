@@ -80,10 +80,20 @@ class RouterArtifact:
         """Recommended confidence below which the generalist answers."""
         return float(self.manifest.get("thresholds", {}).get("fallback", 0.0))
 
-    def category_proba(self, embeddings: Array) -> Array:
-        """Calibrated category probabilities, one row per embedding."""
+    @property
+    def category_bias(self) -> Array:
+        """Per-category log-offsets set by ``router_training calibrate`` (traffic shares)."""
+        bias = self.manifest.get("thresholds", {}).get("category_bias", {})
+        return np.array([float(bias.get(c, 0.0)) for c in self.labels], dtype=np.float32)
+
+    def category_proba(self, embeddings: Array, *, biased: bool = True) -> Array:
+        """Calibrated category probabilities, one row per embedding; with the calibrated
+        traffic-share offsets unless ``biased`` is false."""
         logits = embeddings @ self.arrays["category_coef"].T + self.arrays["category_intercept"]
-        return softmax(logits / self.temperature)
+        logits = logits / self.temperature
+        if biased:
+            logits = logits + self.category_bias
+        return softmax(logits)
 
     def skill_proba(self, embeddings: Array) -> Array:
         """Independent skill probabilities, one row per embedding."""
@@ -97,7 +107,9 @@ class RouterArtifact:
         """Write ``manifest.json`` and ``weights.npz`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, **self.manifest, "weights": WEIGHTS}
-        np.savez_compressed(directory / WEIGHTS, **{k: np.asarray(v) for k, v in self.arrays.items()})
+        # float16 on disk: halves the committed size; logits move by ~1e-3, decisions don't.
+        arrays: dict[str, Any] = {k: np.asarray(v, np.float16) for k, v in self.arrays.items()}
+        np.savez_compressed(directory / WEIGHTS, **arrays)
         (directory / MANIFEST).write_text(
             json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
             encoding="utf-8",
@@ -114,7 +126,7 @@ class RouterArtifact:
         except FileNotFoundError:
             raise ConfigError(f"router artifact {directory}: no {MANIFEST}") from None
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"router artifact {directory}: unreadable {MANIFEST}: {exc}") from None
+            raise ConfigError(f"router artifact {directory}: bad {MANIFEST}: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ConfigError(f"router artifact {directory}: {MANIFEST} is not a {FORMAT}")
         if manifest.get("version") != VERSION:

@@ -76,7 +76,7 @@ class SentenceTransformerEncoder:
 
     def __init__(self, spec: str = DEFAULT_ENCODER, *, long_text: str = "head_tail") -> None:
         if long_text not in ("head_tail", "truncate"):
-            raise ConfigError(f"encoder: long_text must be head_tail or truncate, not {long_text!r}")
+            raise ConfigError(f"encoder: long_text is head_tail or truncate, not {long_text!r}")
         self.spec = spec
         self.long_text = long_text
         self._model = _load_model(resolve_encoder_path(spec))
@@ -100,11 +100,14 @@ class SentenceTransformerEncoder:
                 owner.append(i)
         emb = np.asarray(
             self._model.encode(
-                segments, batch_size=32, convert_to_numpy=True, normalize_embeddings=True,
+                segments,
+                batch_size=32,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
                 show_progress_bar=False,
             ),
             dtype=np.float32,
-        )  # fmt: skip
+        )
         out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
         np.add.at(out, np.asarray(owner), emb)
         return normalize(out)
@@ -114,9 +117,11 @@ class SentenceTransformerEncoder:
         if self.long_text == "truncate" or len(text) < self._window * 2:
             # Under ~2 characters per token it fits: skip tokenizing it twice.
             return [text]
-        clipped = text if len(text) <= 2 * _CHAR_WINDOW else (
-            text[:_CHAR_WINDOW] + " " + text[-_CHAR_WINDOW:]
-        )  # fmt: skip
+        clipped = (
+            text
+            if len(text) <= 2 * _CHAR_WINDOW
+            else (text[:_CHAR_WINDOW] + " " + text[-_CHAR_WINDOW:])
+        )
         ids = self._tokenizer(clipped, add_special_tokens=False)["input_ids"]
         if len(ids) <= self._window:
             return [text]

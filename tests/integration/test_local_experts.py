@@ -39,7 +39,7 @@ def test_routed_general_question_gets_a_real_answer(client: openai.OpenAI) -> No
     )
     completion = raw.parse()
     assert raw.headers["x-coe-expert"] == "general"
-    assert raw.headers["x-coe-strategy"] == "keyword"
+    assert raw.headers["x-coe-strategy"] == "category"
     assert "x-coe-confidence" in raw.headers
     assert "x-coe-category" in raw.headers
     assert "Paris" in (completion.choices[0].message.content or "")

@@ -1,0 +1,371 @@
+"""``python -m router_training``: fit, evaluate, calibrate, profile, build-default, export-data.
+
+Every subcommand has ``--help``; long work shows progress bars on stderr; problems
+(bad data lines, missing files, a bad catalog) end with one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coe_router.errors import ConfigError
+from coe_router.routing.encoder import DEFAULT_ENCODER, Encoder
+from router_training import replay
+from router_training.data import DataError, Example, read_jsonl, write_jsonl
+
+DEFAULT_CACHE = Path(".cache/router_data")
+DEFAULT_OUT = Path("deploy/routers/default")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read(paths: Sequence[Path], skip_bad: bool) -> list[Example]:
+    examples: list[Example] = []
+    for path in paths:
+        got, problems = read_jsonl(path, skip_bad=skip_bad)
+        for p in problems:
+            _log(f"skipped: {p}")
+        if problems:
+            _log(f"{path}: skipped {len(problems)} bad line(s), kept {len(got)}")
+        examples.extend(got)
+    return examples
+
+
+def _encoder(spec: str, long_text: str) -> tuple[Encoder, dict[str, Any]]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model path or package, never the hub
+    from coe_router.routing.encoder import SentenceTransformerEncoder
+
+    _log(f"loading encoder {spec}")
+    enc = SentenceTransformerEncoder(spec, long_text=long_text)
+    info = {
+        "spec": spec,
+        "long_text": long_text,
+        "dim": enc.dim,
+        "name": Path(spec.split("/")[-1]).name
+        if not spec.startswith("package:")
+        else "all-MiniLM-L6-v2",
+    }
+    return enc, info
+
+
+def _catalog(path: Path | None) -> Any:
+    from coe_router.config import Settings
+    from coe_router.experts.catalog import load_catalog
+
+    return load_catalog(path or Settings().catalog)
+
+
+# --- subcommands -------------------------------------------------------------------------------
+
+
+def cmd_fit(a: argparse.Namespace) -> int:
+    from router_training.embed import cache_dir, embed_all
+    from router_training.fit import FitConfig, fit
+
+    examples = _read(a.data, a.skip_bad)
+    encoder, info = _encoder(a.encoder, a.long_text)
+    x = embed_all(
+        encoder,
+        [e.prompt for e in examples],
+        cache=cache_dir(a.cache, a.encoder, a.long_text) if a.cache else None,
+    )
+    config = FitConfig(
+        C=a.C,
+        val_fraction=a.val_fraction,
+        seed=a.seed,
+        fallback_threshold=a.fallback_threshold,
+        fit_skills=not a.no_skills,
+    )
+    artifact = fit(examples, x, info, config)
+    artifact.manifest["created_by"] = "python -m router_training fit " + " ".join(sys.argv[2:])
+    artifact.save(a.output)
+    _log(f"wrote {a.output}: {json.dumps(artifact.manifest['metrics'])}")
+    return 0
+
+
+def _router(a: argparse.Namespace, catalog: Any) -> Any:
+    from coe_router.routing.base import ROUTER_CLS, build_router
+
+    if a.router is None:
+        spec = catalog.virtual_model(a.model)
+        if spec is None:
+            raise ConfigError(f"the catalog has no virtual model {a.model!r}")
+        _log(f"evaluating the gateway's router for {a.model!r}: {spec.router} {spec.options}")
+        return build_router(spec, catalog)
+    options: dict[str, Any] = {"artifact": str(a.router)}
+    if a.profiles:
+        options["profiles"] = str(a.profiles)
+    if a.threshold is not None:
+        options["threshold"] = a.threshold
+    return ROUTER_CLS[a.strategy](catalog, options)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from coe_router.routing.artifact import ExpertProfiles
+    from router_training.evaluate import evaluate
+    from router_training.taxonomy import CATEGORIES
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    examples = _read(a.data, a.skip_bad)
+    if a.limit:
+        examples = examples[: a.limit]
+    catalog = _catalog(a.catalog)
+    router = _router(a, catalog)
+    profiles = ExpertProfiles.load(a.profiles) if a.profiles else None
+    report = evaluate(
+        router,
+        examples,
+        labels=CATEGORIES,
+        catalog=catalog,
+        profiles=profiles,
+        progress=not a.quiet,
+    )
+    if a.out:
+        from router_training.plots import confusion_png, quality_cost_png
+
+        report["confusion_png"] = str(
+            confusion_png(report["confusion"], report["labels"], a.out / "confusion.png")
+        )
+        if report.get("quality_vs_cost"):
+            report["quality_cost_png"] = str(
+                quality_cost_png(report["quality_vs_cost"], a.out / "quality_cost.png")
+            )
+        (a.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    _print_report(report)
+    if a.json:
+        print(json.dumps(report, separators=(",", ":")))
+    return 0
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    print(
+        f"n={r['n']}  accuracy={r['accuracy']:.3f}  macro-F1={r['macro_f1']:.3f}  "
+        f"routing latency p50={r['latency_ms']['p50']} ms p99={r['latency_ms']['p99']} ms"
+    )
+    print(f"{'category':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for c, m in r["per_category"].items():
+        if m["support"] or m["precision"]:
+            print(
+                f"{c:<12} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+                f"{m['support']:>8}"
+            )
+    for source, acc in r.get("per_source_accuracy", {}).items():
+        print(f"  source {source:<14} accuracy {acc:.3f}")
+    if r.get("quality_vs_cost"):
+        print(f"{'system':<12} {'quality':>8} {'cost':>6}")
+        for row in r["quality_vs_cost"]:
+            print(f"{row['system']:<12} {row['quality']:>8.3f} {row['cost']:>6.2f}")
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from coe_router.routing.artifact import RouterArtifact
+    from coe_router.routing.category import category_expert_map
+    from router_training.calibrate import assign, fallback_threshold, fit_shares, shares
+    from router_training.embed import embed_all
+
+    artifact = RouterArtifact.load(a.router)
+    examples = _read(a.data, a.skip_bad)
+    encoder, _ = _encoder(str(artifact.encoder["spec"]), str(artifact.encoder["long_text"]))
+    x = embed_all(encoder, [e.prompt for e in examples])
+    log_p = np.log(artifact.category_proba(x, biased=False) + 1e-12)
+    catalog = _catalog(a.catalog)
+    expert_of = category_expert_map(catalog, artifact.labels)
+    generalist = catalog.generalist.name
+    thresholds = dict(artifact.manifest.get("thresholds", {}))
+    if a.fallback_share is not None:
+        thresholds["fallback"] = fallback_threshold(np.exp(log_p).max(1), a.fallback_share)
+    threshold = float(thresholds.get("fallback", 0.0))
+    if a.shares:
+        targets = {k: float(v) for k, v in (kv.split("=") for kv in a.shares.split(","))}
+        bias, got = fit_shares(log_p, artifact.labels, expert_of, generalist, targets, threshold)
+        thresholds["category_bias"] = bias
+    else:
+        zero = np.zeros(len(artifact.labels), dtype=np.float32)
+        got = shares(
+            sorted(set(expert_of.values()) | {generalist}),
+            assign(log_p, zero, artifact.labels, expert_of, generalist, threshold),
+        )
+    result = {"thresholds": thresholds, "shares": {k: round(v, 4) for k, v in got.items()}}
+    print(json.dumps(result, indent=1))
+    if a.write:
+        artifact.manifest["thresholds"] = thresholds
+        artifact.save(Path(a.router))
+        _log(f"updated {a.router}/manifest.json")
+    return 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from router_training.profile import pilots, run_profiles, write_scores
+
+    examples = _read(a.data, a.skip_bad)
+    catalog = _catalog(a.catalog)
+    experts = a.experts.split(",") if a.experts else None
+    profiles, per_example = asyncio.run(
+        run_profiles(catalog, examples, experts, max_tokens=a.max_tokens, concurrency=a.concurrency)
+    )
+    a.output.mkdir(parents=True, exist_ok=True)
+    (a.output / "profiles.json").write_text(json.dumps(profiles, indent=1) + "\n")
+    write_scores(a.output / "scores.jsonl", examples, per_example)
+    if a.artifact:
+        from coe_router.routing.artifact import RouterArtifact
+        from router_training.embed import embed_all
+
+        art = RouterArtifact.load(a.artifact)
+        encoder, _ = _encoder(str(art.encoder["spec"]), str(art.encoder["long_text"]))
+        x = embed_all(encoder, [e.prompt for e in examples])
+        np.savez(a.output / "pilots.npz", **pilots(x, per_example))
+    for name, p in profiles["experts"].items():
+        cats = ", ".join(f"{c} {v['score']:.2f}" for c, v in p["categories"].items())
+        print(f"{name:<12} p50 {p['latency_ms_p50']} ms  errors {p['errors']}  {cats}")
+    _log(f"wrote {a.output}/profiles.json and scores.jsonl")
+    return 0
+
+
+def cmd_build_default(a: argparse.Namespace) -> int:
+    from router_training.default import build_default
+    from router_training.fit import FitConfig
+
+    started = time.monotonic()
+
+    def factory() -> Encoder:
+        enc, _info = _encoder(a.encoder, "head_tail")
+        spec.update(_info)
+        return enc
+
+    spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
+    build_default(a.output, a.cache, factory, spec, FitConfig(C=a.C), log=_log)
+    _log(f"build-default took {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def cmd_export_data(a: argparse.Namespace) -> int:
+    from router_training.sources import SOURCES, profiling_examples, sharegpt_hand_labelled
+
+    if a.source == "sharegpt-hand":
+        rows = sharegpt_hand_labelled(a.cache)
+    elif a.source == "profiling":
+        rows = profiling_examples(a.cache, a.per_source)
+    elif a.source == "all":
+        rows = [e for loader in SOURCES.values() for e in loader(a.cache)]
+    elif a.source in SOURCES:
+        rows = SOURCES[a.source](a.cache)
+    else:
+        raise ConfigError(
+            f"unknown source {a.source!r} "
+            f"(known: all, profiling, sharegpt-hand, {', '.join(SOURCES)})"
+        )
+    _log(f"wrote {write_jsonl(a.output, rows)} examples to {a.output}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="python -m router_training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(q: argparse.ArgumentParser, many: bool = True) -> None:
+        q.add_argument(
+            "data",
+            type=Path,
+            nargs="+" if many else 1,
+            help="labelled JSONL: {prompt|messages, category[, skills, scores]}",
+        )
+        q.add_argument(
+            "--skip-bad",
+            action="store_true",
+            help="skip bad lines (each is reported) instead of stopping",
+        )
+
+    f = sub.add_parser("fit", help="labelled prompts -> router artifact")
+    data_args(f)
+    f.add_argument("-o", "--output", type=Path, required=True, help="artifact directory")
+    f.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        help="sentence-transformers model dir or package:<module>/<dir>",
+    )
+    f.add_argument("--long-text", choices=["head_tail", "truncate"], default="head_tail")
+    f.add_argument("--C", type=float, default=2.0, help="inverse regularization")
+    f.add_argument("--val-fraction", type=float, default=0.15)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--fallback-threshold", type=float, default=0.5)
+    f.add_argument("--no-skills", action="store_true", help="no skill detectors")
+    f.add_argument("--cache", type=Path, default=None, help="embedding cache root")
+    f.set_defaults(run=cmd_fit)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-category P/R/F1, confusion, latency")
+    data_args(e)
+    e.add_argument("--router", type=Path, help="artifact dir (default: the gateway's router)")
+    e.add_argument("--strategy", choices=["category", "skill", "retriever"], default="category")
+    e.add_argument("--catalog", type=Path, help="catalog YAML (default: COE_CATALOG)")
+    e.add_argument("--model", default="coe", help="virtual model, without --router")
+    e.add_argument("--profiles", type=Path, help="profiles.json for the quality/cost table")
+    e.add_argument("--threshold", type=float, help="override the fallback threshold")
+    e.add_argument("--out", type=Path, help="directory for confusion.png and report.json")
+    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--json", action="store_true", help="last stdout line: the report as JSON")
+    e.set_defaults(run=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="thresholds/offsets for target traffic shares")
+    data_args(c)
+    c.add_argument("--router", type=Path, required=True)
+    c.add_argument("--catalog", type=Path)
+    c.add_argument("--shares", help="expert=share,... e.g. code=0.3,general=0.7")
+    c.add_argument("--fallback-share", type=float, help="share sent to the generalist")
+    c.add_argument("--write", action="store_true", help="store the result in the manifest")
+    c.set_defaults(run=cmd_calibrate)
+
+    pr = sub.add_parser("profile", help="score each expert per category/skill (running experts)")
+    data_args(pr)
+    pr.add_argument("--catalog", type=Path)
+    pr.add_argument("-o", "--output", type=Path, required=True)
+    pr.add_argument("--experts", help="comma-separated subset")
+    pr.add_argument("--artifact", type=Path, help="also write retriever pilots.npz")
+    pr.add_argument("--max-tokens", type=int, default=512)
+    pr.add_argument("--concurrency", type=int, default=4)
+    pr.set_defaults(run=cmd_profile)
+
+    b = sub.add_parser("build-default", help="the default router from public data")
+    b.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT)
+    b.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    b.add_argument("--encoder", default=DEFAULT_ENCODER)
+    b.add_argument("--C", type=float, default=0.5, help="inverse regularization")
+    b.set_defaults(run=cmd_build_default)
+
+    x = sub.add_parser("export-data", help="write a public source as labelled JSONL")
+    x.add_argument("source", help="all, profiling, sharegpt-hand, or a source name")
+    x.add_argument("-o", "--output", type=Path, required=True)
+    x.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    x.add_argument("--per-source", type=int, default=20, help="profiling: rows per source")
+    x.set_defaults(run=cmd_export_data)
+
+    r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")
+    replay.add_arguments(r)
+    r.set_defaults(run=replay.cmd_replay)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (DataError, ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

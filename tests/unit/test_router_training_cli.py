@@ -1,0 +1,176 @@
+"""``python -m router_training``: fit -> evaluate --json, calibrate, errors, --help.
+
+The encoder is replaced by the fake one (no MiniLM in unit tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from coe_router.routing import trained
+from coe_router.routing.artifact import RouterArtifact
+from router_training import cli
+from router_training.data import write_jsonl
+from tests.unit.test_routing_support import FakeEncoder, catalog, synthetic
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
+    enc = FakeEncoder()
+
+    def _encoder(spec: str, long_text: str) -> tuple[FakeEncoder, dict[str, Any]]:
+        return enc, {"spec": spec, "long_text": long_text, "dim": enc.dim, "name": "fake"}
+
+    monkeypatch.setattr(cli, "_encoder", _encoder)
+    monkeypatch.setattr(trained, "encoder_for", lambda spec, override=None: enc)
+    return enc
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    write_jsonl(tmp_path / "train.jsonl", synthetic(seed=0))
+    write_jsonl(tmp_path / "test.jsonl", synthetic(n_per=8, seed=1))
+    cat = catalog().model_dump(mode="json", exclude_none=True)
+    cat["keywords"] = {"code": ["python"], "math": ["integral"]}
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(cat))
+    return {
+        "train": tmp_path / "train.jsonl",
+        "test": tmp_path / "test.jsonl",
+        "catalog": tmp_path / "catalog.yaml",
+        "dir": tmp_path,
+    }
+
+
+def last_json(out: str) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return parsed
+
+
+def test_fit_then_evaluate_json(
+    files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    art = files["dir"] / "art"
+    assert cli.main(["fit", str(files["train"]), "-o", str(art)]) == 0
+    manifest = RouterArtifact.load(art).manifest
+    assert manifest["labels"] == ["code", "general", "math", "writing"]
+    capsys.readouterr()
+    code = cli.main(
+        [
+            "evaluate",
+            str(files["test"]),
+            "--router",
+            str(art),
+            "--catalog",
+            str(files["catalog"]),
+            "--json",
+            "--quiet",
+            "--out",
+            str(files["dir"] / "ev"),
+        ]
+    )
+    assert code == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["n"] == 32
+    assert report["accuracy"] > 0.8
+    assert set(report["per_category"]) >= {"code", "math", "writing", "general"}
+    assert report["latency_ms"]["p50"] > 0
+    assert (files["dir"] / "ev" / "confusion.png").stat().st_size > 1000
+
+
+def test_evaluate_without_router_uses_the_gateways(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["evaluate", str(files["test"]), "--catalog", str(files["catalog"]), "--json", "--quiet"]
+    )
+    assert code == 0
+    report = last_json(capsys.readouterr().out)
+    assert report["strategy"] == "keyword"
+    # Keywords cover two of the synthetic words only: far from perfect, but not zero.
+    assert 0.2 < report["accuracy"] < 1.0
+
+
+def test_quality_cost_table_with_per_example_scores(
+    files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = synthetic(n_per=5, seed=2)
+    for r in rows:  # each expert is perfect on its own category only
+        r.scores = {
+            e: float(
+                e
+                == {"code": "coder", "math": "mathy", "writing": "writer"}.get(
+                    r.category, "general"
+                )
+            )
+            for e in ("general", "coder", "mathy", "writer")
+        }
+    write_jsonl(files["dir"] / "scored.jsonl", rows)
+    cli.main(["fit", str(files["train"]), "-o", str(files["dir"] / "art")])
+    capsys.readouterr()
+    cli.main(
+        [
+            "evaluate",
+            str(files["dir"] / "scored.jsonl"),
+            "--router",
+            str(files["dir"] / "art"),
+            "--catalog",
+            str(files["catalog"]),
+            "--json",
+            "--quiet",
+        ]
+    )
+    table = {r["system"]: r for r in last_json(capsys.readouterr().out)["quality_vs_cost"]}
+    assert table["oracle"]["quality"] == 1.0
+    assert table["routed"]["quality"] > table["general"]["quality"] == 0.25
+
+
+def test_calibrate_writes_offsets_that_hit_shares(
+    files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    art = files["dir"] / "art"
+    cli.main(["fit", str(files["train"]), "-o", str(art)])
+    capsys.readouterr()
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                str(files["train"]),
+                "--router",
+                str(art),
+                "--catalog",
+                str(files["catalog"]),
+                "--shares",
+                "coder=0.4,general=0.2,mathy=0.2,writer=0.2",
+                "--write",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["shares"]["coder"] == pytest.approx(0.4, abs=0.02)
+    assert "category_bias" in RouterArtifact.load(art).manifest["thresholds"]
+
+
+def test_bad_data_exits_2_naming_the_line(
+    files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = files["dir"] / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "category": "b"}\n{"prompt": 3, "category": "b"}\n')
+    assert cli.main(["fit", str(bad), "-o", str(files["dir"] / "x")]) == 2
+    assert "bad.jsonl:2: 'prompt' must be a non-empty string" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", ["fit", "evaluate", "calibrate", "profile", "build-default", "export-data"]
+)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: python -m router_training " + command in capsys.readouterr().out

@@ -1,0 +1,96 @@
+"""Profiling: answer scoring (letters, numbers, unit tests) and a run through the
+gateway's expert clients over a mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from router_training.data import Example
+from router_training.profile import pilots, run_profiles, score_code, score_letter, score_number
+from tests.unit.test_routing_support import catalog
+
+pytestmark = pytest.mark.unit
+
+PROMPT = 'def add(a, b):\n    """Add two numbers."""\n'
+TEST = "def check(f):\n    assert f(2, 3) == 5\n"
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("The answer is (B).", 1.0),
+        ("B. Paris", 1.0),
+        ("answer: C", 0.0),
+        ("I think A", 0.0),
+    ],
+)
+def test_letter(response: str, expected: float) -> None:
+    assert score_letter("B", response) == expected
+
+
+def test_final_number() -> None:
+    assert score_number("1,200", "3 * 400 = 1200. So the answer is 1,200") == 1.0
+    assert score_number("18", "She makes 18 dollars, 9 eggs") == 0.0
+    assert score_number("18", "no idea") == 0.0
+
+
+def test_code_runs_the_unit_tests() -> None:
+    assert score_code(PROMPT, "    return a + b\n", TEST, "add") == 1.0
+    assert (
+        score_code(PROMPT, "```python\ndef add(a, b):\n    return a + b\n```", TEST, "add") == 1.0
+    )
+    assert score_code(PROMPT, "    return a - b\n", TEST, "add") == 0.0
+
+
+def test_code_that_hangs_is_cut_off() -> None:
+    assert score_code(PROMPT, "    while True: pass\n", TEST, "add", timeout=1.0) == 0.0
+
+
+def test_profile_through_expert_clients() -> None:
+    answers = {"g": "The answer is A", "c": "The answer is B", "m": "B", "w": "A"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        body = json.loads(request.content)
+        text = answers[body["model"]]
+        return httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
+
+    examples = [
+        Example("q1", "code", ["logic"], extra={"answer": "B"}),
+        Example("q2", "general", ["logic"], extra={"answer": "A"}),
+    ]
+    profiles, per_example = asyncio.run(
+        run_profiles(catalog(), examples, transport=httpx.MockTransport(handler))
+    )
+    coder = profiles["experts"]["coder"]
+    assert coder["categories"]["code"]["score"] == 1.0
+    assert coder["categories"]["general"]["score"] == 0.0
+    assert coder["skills"]["logic"]["score"] == 0.5
+    assert coder["errors"] == 0
+    assert coder["cost"] == 3
+    assert per_example[0] == {"general": 0.0, "coder": 1.0, "mathy": 1.0, "writer": 0.0}
+    x = np.eye(2, 4, dtype=np.float32)
+    p = pilots(x, per_example)
+    assert np.allclose(p["coder"][0], x[0])
+    assert np.allclose(p["general"][0], x[1])
