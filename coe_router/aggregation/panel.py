@@ -1,8 +1,11 @@
 """The panel: ask k experts the same question concurrently, each within its own timeout.
 
 A failed or slow expert is left out and reported; the answer is built from the
-rest. Through the tiered pool each expert is woken on its own, so a panel larger
-than the memory budget queues (one expert after another) instead of overrunning it.
+rest. Through the tiered pool every member asks the pool for its expert at once, so
+the scheduler sees the whole panel together; a panel larger than the memory budget
+queues (one expert after another) instead of overrunning it. The per-expert timeout
+starts once the pool has the expert awake: time spent queued for a wake is bounded
+by the pool's own ``tiers.queue_timeout_s`` and reported as ``wait_ms``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from coe_router.errors import CoEError, UpstreamError, UpstreamTimeout
+from coe_router.errors import CoEError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from coe_router.experts.expert import ExpertClient
 
 #: Wraps one expert call; the tiered pool's ``hold`` keeps the expert awake for it.
@@ -31,9 +34,13 @@ class PanelAnswer:
     ok: bool = False
     text: str = ""
     latency_s: float = 0.0
+    #: Of ``latency_s``, the time spent waiting for the tiered pool to wake the expert.
+    wait_s: float = 0.0
     usage: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     error_status: int | None = None
+    #: The error itself (not reported; :func:`panel_failure` may pass it on).
+    exception: CoEError | None = field(default=None, repr=False)
     #: Its answer made it into the final one.
     used: bool = False
 
@@ -41,7 +48,8 @@ class PanelAnswer:
         """The entry for the ``coe.experts`` list of the response."""
         out: dict[str, Any] = {
             "expert": self.expert, "ok": self.ok, "used": self.used,
-            "latency_ms": round(self.latency_s * 1000, 1), "score": self.score,
+            "latency_ms": round(self.latency_s * 1000, 1),
+            "wait_ms": round(self.wait_s * 1000, 1), "score": self.score,
         }  # fmt: skip
         if self.error:
             out["error"] = self.error
@@ -67,8 +75,9 @@ async def ask_panel(
         request.pop("stream_options", None)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(timeout_s):
-                async with hold(expert.name):
+            async with hold(expert.name):
+                answer.wait_s = time.perf_counter() - started
+                async with asyncio.timeout(timeout_s):
                     result, _ = await expert.complete(request)
         except TimeoutError:
             answer.error = f"no answer within {timeout_s:g} s"
@@ -76,9 +85,11 @@ async def ask_panel(
         except CoEError as exc:
             answer.error = exc.message
             answer.error_status = exc.status_code
+            answer.exception = exc
         else:
             choice = result["choices"][0] if result["choices"] else {}
-            answer.text = str((choice.get("message") or {}).get("content") or "")
+            message = choice.get("message") if isinstance(choice, dict) else None
+            answer.text = str((message if isinstance(message, dict) else {}).get("content") or "")
             answer.usage = {k: int(v) for k, v in (result.get("usage") or {}).items()
                             if isinstance(v, int)}  # fmt: skip
             answer.ok = True
@@ -89,8 +100,15 @@ async def ask_panel(
 
 
 def panel_failure(answers: list[PanelAnswer]) -> UpstreamError:
-    """The error when no member answered: 504 if every one timed out, else 502."""
+    """The error when no member answered: 504 if every one timed out, the experts' own
+    4xx when every one rejected the request the same way (the request's fault), else 502."""
     detail = "; ".join(f"{a.expert}: {a.error}" for a in answers)
+    first = answers[0].exception if answers else None
+    if isinstance(first, UpstreamStatusError) and all(
+        isinstance(a.exception, UpstreamStatusError) and a.error_status == first.status_code
+        for a in answers
+    ):
+        return first
     if all(a.error_status == UpstreamTimeout.status_code for a in answers):
         return UpstreamTimeout(f"no expert of the panel answered in time ({detail})")
     return UpstreamError(f"every expert of the panel failed ({detail})")

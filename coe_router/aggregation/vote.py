@@ -1,24 +1,55 @@
 """Voting over the panel's answers: normalize each final answer, take the majority.
 
-Final answers are compared in normalized form: an option letter ("The answer is
-(B)" -> ``B``), else the last number ("1,234.50" -> ``1234.5``), else short text
-(lower case, no punctuation, at most a dozen words). Ties go to the answer whose
-supporters have the highest router score.
+Final answers are compared in normalized form (:func:`normalize`):
+
+* an option letter, A to J in capitals: "The answer is (B)", "Answer: **C**", a line
+  that is only "D." or an answer that starts with "B) Paris" -> ``letter:B``;
+* else a number: the one after an explicit marker ("the answer is", "answer:",
+  "####", ``\\boxed{}``) when there is one, else the last number of the text;
+  "1,234.50" -> ``number:1234.5``, "18.00" -> ``number:18``;
+* else short text: lower case, no punctuation, at most a dozen words.
+
+Ties go to the answer whose supporters have the highest router score.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from decimal import Decimal, InvalidOperation
 
 from coe_router.aggregation.panel import PanelAnswer
 
-_LETTER = re.compile(
-    r"(?:answer|option|choice)\s*(?:is|:)?\s*\(?\*{0,2}([A-J])\b\)?|^\s*\(?([A-J])[).:]?\s*$",
-    re.IGNORECASE | re.MULTILINE,
+# Letters are matched in capitals only: "the answer is a prime" is not option A. In order of
+# trust: after "answer", alone on a line or opening the answer ("B) Paris"), after "option".
+_LETTERS = [
+    re.compile(r"(?i:answer)\s*(?:is)?\s*[:=]?\s*\(?\*{0,2}([A-J])\b(?!['\u2019])"),
+    re.compile(
+        r"^\s*\(?\*{0,2}([A-J])\*{0,2}[).:]?\s*$|\A\s*\(?\*{0,2}([A-J])\*{0,2}[).:]\s", re.MULTILINE
+    ),
+    re.compile(r"(?i:option|choice)\s*(?:is)?\s*[:=]?\s*\(?\*{0,2}([A-J])\b(?!['\u2019])"),
+]
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+_NUMBER_RE = re.compile(_NUMBER)
+#: A number right after an explicit final-answer marker.
+_MARKED = re.compile(
+    r"(?:answer\s*(?:is)?\s*[:=]?|####|final\s*result\s*(?:is)?\s*[:=]?)\s*\**\s*[$€£]?\s*("
+    + _NUMBER
+    + ")",
+    re.IGNORECASE,
 )
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def _number(text: str) -> str:
+    """``1,234.50`` -> ``1234.5``; exact (no rounding, so distinct numbers stay distinct)."""
+    try:
+        value = Decimal(text.replace(",", ""))
+    except InvalidOperation:  # pragma: no cover - the regex only matches numbers
+        return text
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
 
 
 def normalize(text: str) -> str | None:
@@ -26,13 +57,14 @@ def normalize(text: str) -> str | None:
     boxed = _BOXED.findall(text)
     if boxed:
         text = boxed[-1]
-    letters = [a or b for a, b in _LETTER.findall(text)]
-    if letters:
-        return f"letter:{letters[-1].upper()}"
-    numbers = _NUMBER.findall(text)
+    for pattern in _LETTERS:
+        found = [m if isinstance(m, str) else "".join(m) for m in pattern.findall(text)]
+        if found:
+            return f"letter:{found[-1]}"
+    marked = _MARKED.findall(text)
+    numbers = marked or _NUMBER_RE.findall(text)
     if numbers:
-        value = float(numbers[-1].replace(",", ""))
-        return f"number:{value:g}"
+        return f"number:{_number(numbers[-1].rstrip(','))}"
     words = re.sub(r"[^\w\s]", "", text.lower()).split()
     if 0 < len(words) <= 12:
         return "text:" + " ".join(words)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -23,6 +23,7 @@ from coe_router.experts.expert import ExpertClient
 from coe_router.gateway.auth import require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.cache import CachedAnswer, CachePlan, replay
+from coe_router.gateway.disconnect import CLIENT_CLOSED, ClientDisconnected, until_disconnect
 from coe_router.gateway.ratelimit import caller_id, limit_headers, usage_tokens
 from coe_router.gateway.sse import Relay, SSEResponse
 from coe_router.gateway.state import GatewayState, gateway_state
@@ -41,36 +42,6 @@ from coe_router.routing.base import RoutingDecision
 from coe_router.routing.tier_aware import prefer_awake
 
 router = APIRouter()
-T = TypeVar("T")
-
-#: Status recorded when the client hung up before the answer (nginx's convention).
-CLIENT_CLOSED = "499"
-
-
-class ClientDisconnected(Exception):
-    """The client went away while we waited on the expert."""
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` but cancel it (closing the upstream call) if the client disconnects."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, watcher):
-            if not t.done():
-                t.cancel()
-    if task.cancelled() or not task.done():
-        # Let the cancelled upstream call finish unwinding (closes its connection).
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected
-    return task.result()
 
 
 async def _decide(
@@ -195,14 +166,14 @@ async def chat_completions(request: Request) -> Response:
     try:
         if tiers is not None and expert.name in tiers.experts:
             # The decision exists before generation starts: the wake begins right here.
-            await _until_disconnect(request, tiers.acquire(expert.name))
+            await until_disconnect(request, tiers.acquire(expert.name))
             held = True
         if req.stream:
             return await _stream(
                 request, expert, forward, headers, started, finish, state,
                 _StreamUse(caller, cache, routing_headers, answered),
             )  # fmt: skip
-        result, _replica = await _until_disconnect(request, expert.complete(forward))
+        result, _replica = await until_disconnect(request, expert.complete(forward))
     except ClientDisconnected:
         finish(CLIENT_CLOSED)
         return Response(status_code=int(CLIENT_CLOSED))
@@ -250,7 +221,7 @@ async def _stream(
         forward["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                      "include_usage": True}  # fmt: skip
         hide_usage = True
-    upstream = await _until_disconnect(request, expert.stream(forward))
+    upstream = await until_disconnect(request, expert.stream(forward))
     ttft = state.metrics.ttft.labels(expert.name)
 
     def end(status: str) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +26,14 @@ from coe_router.aggregation.vote import best, vote
 from coe_router.errors import CoEError, InvalidRequest, UpstreamError
 from coe_router.experts.catalog import SynthesisSpec
 from coe_router.experts.expert import ExpertClient
+from coe_router.gateway.disconnect import CLIENT_CLOSED, ClientDisconnected, until_disconnect
 from coe_router.gateway.sse import DONE, SSEResponse, data_events, sse_event
 from coe_router.gateway.state import GatewayState
 from coe_router.protocol import ChatCompletionRequest
 from coe_router.routing.base import RoutingDecision
 
 KEEPALIVE = b": keep-alive\n\n"
+log = logging.getLogger("coe_router.gateway.synthesis")
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,18 @@ def plan_synthesis(req: ChatCompletionRequest, state: GatewayState) -> Synthesis
         raise InvalidRequest(
             "Synthesis needs a virtual model (e.g. 'coe'), not a single expert.", param="model"
         )
+    if req.n is not None and req.n > 1:  # one merged answer; n answers would need n panels
+        raise InvalidRequest("Synthesis answers with one choice: 'n' must be 1.", param="n")
     limits = state.settings.synthesis
     spec = vm.synthesis or SynthesisSpec()
-    k = (opts.k if opts and opts.k else None) or spec.k or limits.default_k
     most = min(limits.max_k, len(state.catalog.experts))
-    if k > most:
+    asked = opts.k if opts is not None else None
+    if asked is not None and asked > most:
         raise InvalidRequest(
             f"'coe.k' must be at most {most}.", param="coe.k", code="invalid_value"
         )
+    # Defaults (the virtual model's, then the settings') are capped at what there is.
+    k = asked or min(spec.k or limits.default_k, most)
     aggregator = (opts.aggregator if opts else None) or spec.aggregator
     if aggregator is not None and state.catalog.expert(aggregator) is None:
         raise InvalidRequest(
@@ -120,7 +127,13 @@ async def synthesis_response(
     decision: RoutingDecision,
     plan: SynthesisPlan,
 ) -> Response:
-    """Answer ``req`` from a panel of experts, merged by ``plan.strategy``."""
+    """Answer ``req`` from a panel of experts, merged by ``plan.strategy``.
+
+    Headers: ``x-coe-experts`` (asked, best first), ``x-coe-aggregator`` (``synthesize``),
+    ``x-coe-strategy``; non-streamed answers also get ``x-coe-experts-used``,
+    ``x-coe-experts-failed`` and ``x-coe-experts-latency-ms`` (``name=ms,...``). A stream's
+    headers leave before the panel answers: its final ``coe`` chunk has the outcome.
+    """
     started = time.perf_counter()
     members, suggested = await _recruit(state, req, decision, plan.k)
     aggregator = plan.aggregator or suggested or members[0][0].name
@@ -143,14 +156,46 @@ async def synthesis_response(
 
     run = _Synthesis(state, req, forward, members, plan, aggregator, decision, _hold(state))
     if req.stream:
-        return SSEResponse(run.stream(finish), headers={
+        # The response starts at the first event, or after ``keepalive_s`` with a keep-alive:
+        # a panel that fails faster (experts down, the request rejected) gets a real status.
+        run.start()
+        try:
+            early = await until_disconnect(
+                request, run.opening(state.settings.synthesis.keepalive_s)
+            )
+        except ClientDisconnected:
+            await run.close()
+            finish(CLIENT_CLOSED, headers["x-coe-expert"])
+            return Response(status_code=int(CLIENT_CLOSED))
+        except BaseException:  # cancelled (shutdown) or a bug: leave nothing running
+            run.cancel()
+            finish("500", headers["x-coe-expert"])
+            raise
+        if early is not None:
+            await run.close()
+            finish(str(early.status_code), headers["x-coe-expert"])
+            raise early
+        return SSEResponse(run.relay(finish), headers={
             **headers, "cache-control": "no-cache", "x-accel-buffering": "no"})  # fmt: skip
     try:
-        result = await run.complete()
+        result = await until_disconnect(request, run.complete())
+    except ClientDisconnected:
+        finish(CLIENT_CLOSED, headers["x-coe-expert"])
+        return Response(status_code=int(CLIENT_CLOSED))
     except CoEError as exc:
         finish(str(exc.status_code), headers["x-coe-expert"])
         raise
-    headers["x-coe-expert"] = result["coe"]["expert"]
+    except BaseException:
+        finish("500", headers["x-coe-expert"])
+        raise
+    info = result["coe"]
+    headers["x-coe-expert"] = info["expert"]
+    headers["x-coe-aggregator"] = info["aggregator"] or ""
+    headers["x-coe-experts-used"] = ",".join(e["expert"] for e in info["experts"] if e["used"])
+    headers["x-coe-experts-failed"] = ",".join(e["expert"] for e in info["experts"] if not e["ok"])
+    headers["x-coe-experts-latency-ms"] = ",".join(
+        f"{e['expert']}={e['latency_ms']:g}" for e in info["experts"]
+    )
     finish("200", headers["x-coe-expert"])
     return Response(json.dumps(result, ensure_ascii=False).encode(),
                     media_type="application/json", headers=headers)  # fmt: skip
@@ -169,10 +214,24 @@ class _Synthesis:
         self.decision, self.hold = decision, hold
         self.id = f"chatcmpl-coe-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        #: Outcome of a stream, for the metrics: status and the expert that answered.
+        self.status, self.expert = CLIENT_CLOSED, aggregator
+        self._queue: asyncio.Queue[bytes | CoEError | None] = asyncio.Queue()
+        self._producer: asyncio.Future[None] | None = None
+        self._next: asyncio.Future[bytes | CoEError | None] | None = None
+        self._waited = False
 
     async def _panel(self) -> list[PanelAnswer]:
         limits = self.state.settings.synthesis
-        return await ask_panel(self.members, self.forward, limits.expert_timeout_s, self.hold)
+        answers = await ask_panel(self.members, self.forward, limits.expert_timeout_s, self.hold)
+        if not any(a.ok for a in answers):
+            raise panel_failure(answers)
+        # An aggregator that just failed on the panel would fail again: the best member
+        # that answered merges instead (coe.aggregator says who did).
+        mine = next((a for a in answers if a.expert == self.aggregator), None)
+        if mine is not None and not mine.ok:
+            self.aggregator = max((a for a in answers if a.ok), key=lambda a: a.score).expert
+        return answers
 
     def _info(self, answers: list[PanelAnswer], expert: str) -> dict[str, Any]:
         return {
@@ -198,18 +257,17 @@ class _Synthesis:
     async def complete(self) -> dict[str, Any]:
         """The merged answer as one chat completion."""
         answers = await self._panel()
-        if not any(a.ok for a in answers):
-            raise panel_failure(answers)
         extra: dict[str, int] = {}
         if self.plan.strategy == "synthesize":
             client = self.state.pool.get(self.aggregator)
             assert client is not None
             async with self.hold(self.aggregator):
                 result, _ = await client.complete(self._aggregator_body(answers, stream=False))
-            message = result["choices"][0].get("message") or {}
-            text, finish = str(message.get("content") or ""), result["choices"][0].get(
-                "finish_reason", "stop")  # fmt: skip
-            extra, expert = dict(result.get("usage") or {}), self.aggregator
+            choice = result["choices"][0] if result["choices"] else {}
+            message = choice.get("message") or {}
+            text, finish = str(message.get("content") or ""), choice.get("finish_reason", "stop")
+            extra = {k: v for k, v in (result.get("usage") or {}).items() if isinstance(v, int)}
+            expert = self.aggregator
         else:
             chosen = vote(answers) if self.plan.strategy == "vote" else best(answers)
             text, finish, expert = chosen.text, "stop", chosen.expert
@@ -233,43 +291,95 @@ class _Synthesis:
                           "created": self.created, "model": self.req.model,
                           "choices": choices, **extra})  # fmt: skip
 
-    async def stream(self, finish: Callable[[str, str], None]) -> AsyncIterator[bytes]:
-        """SSE: keep-alives while the panel works, then the answer, then ``coe`` and [DONE]."""
-        status, expert = "499", self.aggregator
-        panel = asyncio.ensure_future(self._panel())
-        include_usage = bool(self.req.stream_options and self.req.stream_options.include_usage)
+    # --- streaming: the work runs in one task and queues events; the relay sends them, with
+    # a keep-alive comment whenever nothing was sent for ``keepalive_s`` (panel, the
+    # aggregator's wake and prefill), so proxies and clients do not time out.
+
+    def start(self) -> None:
+        """Start the work (panel, merge) in its own task."""
+        self._producer = asyncio.ensure_future(self._produce())
+
+    async def opening(self, within_s: float) -> CoEError | None:
+        """Wait up to ``within_s`` for the first event; the error if the work failed by then."""
+        self._next = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({self._next}, timeout=within_s)
+        if not done:
+            self._waited = True
+            return None
+        first = self._next.result()
+        return first if isinstance(first, CoEError) else None
+
+    def cancel(self) -> None:
+        """Cancel whatever still runs (every expert call in it)."""
+        for task in (self._next, self._producer):
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def close(self) -> None:
+        """:meth:`cancel`, and wait until the calls have closed their connections."""
+        self.cancel()
+        if self._producer is not None:
+            await asyncio.gather(self._producer, return_exceptions=True)
+
+    def relay(self, finish: Callable[[str, str], None]) -> _Body:
+        """The SSE body. Closing it (the client left) cancels the work; ``finish`` is called
+        once with the outcome, also when the body was closed before it was iterated."""
+        return _Body(self, self._relay(), finish)
+
+    async def _relay(self) -> AsyncGenerator[bytes, None]:
+        every = self.state.settings.synthesis.keepalive_s
+        if self._waited:  # :meth:`opening` already waited one period
+            yield KEEPALIVE
+        while True:
+            if self._next is None:
+                self._next = asyncio.ensure_future(self._queue.get())
+            while not (await asyncio.wait({self._next}, timeout=every))[0]:
+                yield KEEPALIVE
+            item, self._next = self._next.result(), None
+            if item is None:
+                return
+            if isinstance(item, CoEError):  # the status is sent already: say it in-band
+                self.status = str(item.status_code)
+                yield sse_event(item.to_body()) + DONE
+                return
+            yield item
+
+    async def _produce(self) -> None:
+        """Run :meth:`_events` into the queue; an error is queued as the last event.
+
+        Always ends the queue with None, so the relay never waits for nothing.
+        """
         try:
-            while not panel.done():
-                done, _ = await asyncio.wait(
-                    {panel}, timeout=self.state.settings.synthesis.keepalive_s
-                )
-                if not done:
-                    yield KEEPALIVE
-            answers = panel.result()
-            if not any(a.ok for a in answers):
-                raise panel_failure(answers)
-            usage: dict[str, int] = {}
-            if self.plan.strategy == "synthesize":
-                async for event in self._stream_aggregator(answers, usage):
-                    yield event
-            else:
-                chosen = vote(answers) if self.plan.strategy == "vote" else best(answers)
-                expert = chosen.expert
-                yield self._chunk({"role": "assistant", "content": ""})
-                yield self._chunk({"content": chosen.text})
-                yield self._chunk({}, "stop")
-            if include_usage:
-                yield self._chunk(None, usage=total_usage(answers, usage))
-            yield self._chunk(None, coe=self._info(answers, expert))
-            yield DONE
-            status = "200"
-        except UpstreamError as exc:
-            status = str(exc.status_code)
-            yield sse_event(exc.to_body()) + DONE
+            async for event in self._events():
+                self._queue.put_nowait(event)
+        except CoEError as exc:
+            self._queue.put_nowait(exc)
+        except Exception as exc:  # a bug: say so rather than hang up mid-stream
+            log.exception("synthesis stream failed")
+            self._queue.put_nowait(CoEError(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
-            if not panel.done():
-                panel.cancel()
-            finish(status, expert)
+            self._queue.put_nowait(None)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        """The stream's events: the answer, usage when asked for, ``coe``, then [DONE]."""
+        include_usage = bool(self.req.stream_options and self.req.stream_options.include_usage)
+        answers = await self._panel()
+        usage: dict[str, int] = {}
+        if self.plan.strategy == "synthesize":
+            self.expert = self.aggregator
+            async for event in self._stream_aggregator(answers, usage):
+                yield event
+        else:
+            chosen = vote(answers) if self.plan.strategy == "vote" else best(answers)
+            self.expert = chosen.expert
+            yield self._chunk({"role": "assistant", "content": ""})
+            yield self._chunk({"content": chosen.text})
+            yield self._chunk({}, "stop")
+        if include_usage:
+            yield self._chunk(None, usage=total_usage(answers, usage))
+        yield self._chunk(None, coe=self._info(answers, self.expert))
+        yield DONE
+        self.status = "200"
 
     async def _stream_aggregator(
         self, answers: list[PanelAnswer], usage: dict[str, int]
@@ -285,6 +395,13 @@ class _Synthesis:
                         obj = json.loads(data)
                     except ValueError:
                         continue
+                    if not isinstance(obj, dict):
+                        continue
+                    if isinstance(obj.get("error"), dict):  # vLLM reports in-band errors so
+                        raise UpstreamError(
+                            f"aggregator {self.aggregator!r} failed mid-stream: "
+                            f"{obj['error'].get('message', '')}"
+                        )
                     if obj.get("usage"):
                         usage.update({k: v for k, v in obj["usage"].items() if isinstance(v, int)})
                     choices = obj.get("choices") or []
@@ -293,3 +410,35 @@ class _Synthesis:
                                           choices[0].get("finish_reason"))  # fmt: skip
             finally:
                 await upstream.aclose()
+
+
+class _Body:
+    """A synthesis stream's body: the events, then cleanup exactly once (see ``Relay``)."""
+
+    def __init__(
+        self, run: _Synthesis, events: AsyncGenerator[bytes, None],
+        finish: Callable[[str, str], None],
+    ) -> None:  # fmt: skip
+        self._run, self._events, self._finish = run, events, finish
+        self._ended = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        try:
+            async for event in self._events:
+                yield event
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: close the events, cancel the work, report the outcome (idempotent)."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            await self._events.aclose()
+            await self._run.close()
+        finally:
+            self._finish(self._run.status, self._run.expert)

@@ -96,7 +96,9 @@ def test_experts_for_a_category_come_cheapest_first() -> None:
 def test_shipped_catalog_is_valid() -> None:
     catalog = load_catalog(Path(__file__).parents[2] / "deploy" / "local.yaml")
     assert catalog.generalist.name == "general"
-    assert {v.name for v in catalog.virtual_models} == {"coe"}
+    assert {v.name: v.router for v in catalog.virtual_models} == {
+        "coe": "category", "coe-keyword": "keyword"
+    }
 
 
 # --- field errors name the field ---------------------------------------------------------------
