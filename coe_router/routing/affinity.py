@@ -23,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from coe_router.config import AffinitySettings
@@ -34,6 +36,8 @@ from coe_router.state import Background, StateGuard, StateStore
 
 #: Longest client-given conversation id that counts (the protocol caps it at this too).
 _MAX_ID = 256
+#: Conversations whose last write this gateway remembers (to skip redundant refreshes).
+_MEMO_SIZE = 10_000
 
 
 def conversation_id(
@@ -61,12 +65,16 @@ class Affinity:
         guard: StateGuard,
         background: Background,
         experts: Collection[str],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._experts = frozenset(experts)
         self._store = store
         self._guard = guard
         self._background = background
+        self._clock = clock
+        #: conversation -> (expert, when this gateway last wrote it), most recent last.
+        self._written: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -103,7 +111,20 @@ class Affinity:
         return kept, "sticky"
 
     def remember(self, conversation: str, expert: str) -> None:
-        """Record (or refresh) the conversation's expert, in the background."""
+        """Record (or refresh) the conversation's expert, in the background.
+
+        A conversation that stays on its expert is written again only once a tenth of the
+        TTL has passed since this gateway last wrote it: the store round trip (and the
+        background task) per turn bought nothing, and it is on every routed request.
+        """
+        now = self._clock()
+        last = self._written.get(conversation)
+        if last is not None and last[0] == expert and now - last[1] < self._settings.ttl_s / 10:
+            return
+        self._written[conversation] = (expert, now)
+        self._written.move_to_end(conversation)
+        while len(self._written) > _MEMO_SIZE:
+            self._written.popitem(last=False)
         value = expert.encode()
         self._background.submit(
             "affinity_set",
