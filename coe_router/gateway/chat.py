@@ -74,9 +74,7 @@ def _coe_info(decision: RoutingDecision, model: str) -> CoEInfo:
         confidence=decision.confidence,
         strategy=decision.strategy,
         virtual_model=model if decision.strategy != "direct" else None,
-        alternatives=[
-            RouteCandidate(expert=c.expert, score=c.score) for c in decision.alternatives
-        ],
+        alternatives=_candidates(decision),
         reason=decision.reason,
     )
 
@@ -254,9 +252,7 @@ async def route(request: Request) -> RouteResponse:
         category=decision.category,
         confidence=decision.confidence,
         strategy=decision.strategy,
-        alternatives=[
-            RouteCandidate(expert=c.expert, score=c.score) for c in decision.alternatives
-        ],
+        alternatives=_candidates(decision),
         reason=decision.reason,
         routing_ms=round(elapsed * 1000, 3),
     )
