@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from coe_router.config import StateSettings
 from coe_router.errors import StateUnavailable
-from coe_router.routing.decision_log import LOG_NAME
+from coe_router.shared.decision_log import LOG_NAME
 from coe_router.state import StateStore, connect_redis
 from router_training.data import Example
 

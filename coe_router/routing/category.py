@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from coe_router.experts.catalog import Catalog
+from coe_router.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import ExpertProfiles
 from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from coe_router.catalog import Catalog
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array, softmax
 from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision

@@ -18,10 +18,6 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any
-
-from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from coe_router.config import KeyLimits, RateLimitSettings
 from coe_router.errors import RateLimited, StateUnavailable
@@ -30,15 +26,6 @@ from coe_router.state import Admission, Background, StateGuard, StateStore, admi
 
 #: Caller id when no bearer key is sent (an open gateway): one shared budget.
 ANONYMOUS = "anonymous"
-
-
-def caller_id(request: Request) -> str:
-    """A stable, non-secret id of the request's API key: never store the key itself."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return ANONYMOUS
-    return key_id(token)
 
 
 def key_id(key: str) -> str:
@@ -71,19 +58,6 @@ def limit_headers(adm: Admission) -> dict[str, str]:
     if not adm.allowed:
         headers["retry-after"] = str(max(1, math.ceil(adm.retry_after_s)))
     return headers
-
-
-def usage_tokens(obj: Any) -> int | None:
-    """``usage.total_tokens`` (or prompt + completion) of a response or chunk, if present."""
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-    ints = [p for p in parts if isinstance(p, int) and not isinstance(p, bool)]
-    return sum(ints) if ints else None
 
 
 class RateLimiter:
@@ -158,10 +132,3 @@ class RateLimiter:
         self._background.submit(
             "rate_limit_tokens", lambda: self._store.add_tokens(kid, now, tokens)
         )
-
-
-async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
-    """Handler for :class:`RateLimited` and :class:`StateUnavailable`: the OpenAI body plus
-    the error's own headers (``retry-after``, ``x-ratelimit-*``)."""
-    assert isinstance(exc, RateLimited | StateUnavailable)
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Response
-
+from coe_router.catalog import Catalog
 from coe_router.config import CacheSettings
 from coe_router.errors import StateUnavailable
-from coe_router.experts.catalog import Catalog
-from coe_router.gateway.sse import SSEResponse
 from coe_router.metrics import Metrics
 from coe_router.state import Background, StateGuard, StateStore
 
@@ -126,20 +122,3 @@ class ResponseCache:
             return
         data = entry.encode()
         self._background.submit("cache_set", lambda: self._store.set(plan.key, data, plan.ttl_s))
-
-
-def replay(entry: CachedAnswer, headers: dict[str, str]) -> Response:
-    """Answer from the cache: JSON as it was, or the stream event by event."""
-    out = {**entry.headers, **headers, "x-coe-cache": "hit"}
-    if entry.kind == "json":
-        return Response(entry.body, media_type="application/json", headers=out)
-    return SSEResponse(
-        _events(entry.body), headers={**out, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    )
-
-
-async def _events(body: bytes) -> AsyncIterator[bytes]:
-    # One event per write, as the expert sent them; a client sees a normal stream.
-    for event in body.split(b"\n\n"):
-        if event:
-            yield event + b"\n\n"

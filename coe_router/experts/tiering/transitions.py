@@ -1,7 +1,8 @@
 """Carrying out tier changes: wake and sleep an expert, alone or under the fleet's lease.
 
-The scheduler decides *what* changes (:mod:`coe_router.experts.scheduler`); this mixin
-*does* them as background tasks and reports back by calling ``_schedule()`` again.
+The scheduler decides *what* changes (:mod:`coe_router.experts.tiering.scheduler`); a
+:class:`Transitions` component *does* them as background tasks and reports back through its
+:class:`TransitionHost` (the scheduler), which then schedules again.
 A failed wake puts the expert back to sleep at level 2 (its memory stays counted until
 that is done); a failed sleep keeps it hot and serving, out of eviction for a while.
 """
@@ -12,57 +13,92 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from coe_router.errors import UpstreamUnavailable
-from coe_router.experts.fleet import FleetTiers
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.fleet import FleetTiers
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from coe_router.metrics import Metrics
 
 log = logging.getLogger("coe_router.experts.tiers")
 
 
-class Transitions:
-    """Wakes and sleeps for :class:`~coe_router.experts.scheduler.TierScheduler`."""
+class TransitionHost(Protocol):
+    """What a :class:`Transitions` component needs from the scheduler that owns it."""
 
-    # Provided by the scheduler.
-    budgets_gb: dict[str, float]
-    wake_timeout_s: float
-    failure_backoff_s: float
-    _fleet: FleetTiers | None
-    _sync_interval_s: float
-    _metrics: Metrics | None
-    _clock: Callable[[], float]
-    _tasks: set[asyncio.Task[None]]
-    _timers: list[asyncio.TimerHandle]
+    def reschedule(self) -> None:
+        """Look again at who waits and what can change (after every transition)."""
+        ...
 
-    def _schedule(self) -> None:
-        raise NotImplementedError
+    def publish_state(self) -> None:
+        """Tell waiters and metrics that tiers changed."""
+        ...
 
-    def _publish(self) -> None:
-        raise NotImplementedError
-
-    def _fail_waiters(self, e: ExpertResidency, exc: Exception) -> None:
-        raise NotImplementedError
+    def fail_waiters(self, e: ExpertResidency, exc: Exception) -> None:
+        """Fail every request waiting for ``e``."""
+        ...
 
     def used_gb(self, device: str) -> float:
-        raise NotImplementedError
+        """Memory held on ``device`` now."""
+        ...
 
-    # --- transitions -----------------------------------------------------------------------
+    def reschedule_in(self, delay_s: float) -> None:
+        """Schedule again after ``delay_s`` (a back-off ended)."""
+        ...
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+
+class Transitions:
+    """Runs wakes and sleeps as tasks; one per expert at a time (the scheduler ensures it)."""
+
+    def __init__(
+        self,
+        host: TransitionHost,
+        *,
+        budgets_gb: dict[str, float],
+        wake_timeout_s: float,
+        failure_backoff_s: float,
+        fleet: FleetTiers | None,
+        sync_interval_s: float,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._host = host
+        self.budgets_gb = budgets_gb
+        self.wake_timeout_s = wake_timeout_s
+        self.failure_backoff_s = failure_backoff_s
+        self._fleet = fleet
+        self._sync_interval_s = sync_interval_s
+        self._metrics = metrics
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The transitions (and background loops) still running."""
+        return list(self._tasks)
+
+    async def aclose(self) -> None:
+        """Cancel whatever still runs and wait until it has unwound."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a task this component tracks (and cancels on close)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start_wake(self, e: ExpertResidency) -> None:
+    def start_wake(self, e: ExpertResidency) -> None:
+        """Begin waking ``e`` (its memory counts from now on)."""
         e.transition = "waking"
         e.wake_started = self._clock()
-        self._spawn(self._wake(e), f"wake-{e.name}")
+        self.spawn(self._wake(e), f"wake-{e.name}")
 
-    def _start_sleep(self, e: ExpertResidency) -> None:
+    def start_sleep(self, e: ExpertResidency) -> None:
+        """Begin putting ``e`` to sleep (its memory counts until the sleep is done)."""
         e.transition = "sleeping"
-        self._spawn(self._sleep(e), f"sleep-{e.name}")
+        self.spawn(self._sleep(e), f"sleep-{e.name}")
 
     async def _wake(self, e: ExpertResidency) -> None:
         if self._fleet is None:
@@ -78,7 +114,7 @@ class Transitions:
                 e.tier = await e.driver.probe()
                 if e.tier == Tier.HOT:  # another gateway woke it meanwhile
                     e.transition, e.draining = None, False
-                elif self.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
+                elif self._host.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
                     # The fleet's awake set leaves no room now: back to the queue.
                     e.transition = None
                 else:
@@ -87,13 +123,13 @@ class Transitions:
                 await self._fleet.publish(e.device, token, e)
         except TimeoutError:
             e.transition = None
-            self._fail_waiters(
+            self._host.fail_waiters(
                 e,
                 UpstreamUnavailable(
                     f"expert {e.name!r}: another gateway held the tier lease for too long"
                 ),
             )
-        self._schedule()
+        self._host.reschedule()
 
     async def _do_wake(self, e: ExpertResidency) -> None:
         from_tier = e.tier
@@ -108,14 +144,14 @@ class Transitions:
             log.error("expert %r: wake from %s failed: %s", e.name, from_tier, reason)
             if self._metrics is not None:
                 self._metrics.wake_failures.labels(e.name).inc()
-            self._fail_waiters(
+            self._host.fail_waiters(
                 e, UpstreamUnavailable(f"expert {e.name!r} failed to wake: {reason}")
             )
             # A wake that failed halfway or timed out may hold memory (the server may even
             # finish it on its own): put it back to sleep at level 2 (its weights may be
             # garbage) and count its memory until that is done.
             e.transition = "sleeping"
-            self._publish()
+            self._host.publish_state()
             try:
                 e.tier = await asyncio.wait_for(e.driver.sleep(2), self.wake_timeout_s)
             except Exception as sleep_exc:
@@ -123,7 +159,7 @@ class Transitions:
                 with contextlib.suppress(Exception):
                     e.tier = await e.driver.probe()
             e.transition = None
-            self._schedule()
+            self._host.reschedule()
             return
         elapsed = self._clock() - t0
         e.tier, e.transition, e.draining = Tier.HOT, None, False
@@ -133,7 +169,7 @@ class Transitions:
         if self._metrics is not None:
             self._metrics.wake_seconds.labels(e.name, from_tier.value).observe(elapsed)
             self._metrics.switches.labels(e.name).inc()
-        self._schedule()
+        self._host.reschedule()
 
     async def _sleep(self, e: ExpertResidency) -> None:
         if self._fleet is None:
@@ -156,7 +192,7 @@ class Transitions:
                 await self._fleet.publish(e.device, token, e)
         except TimeoutError:
             e.transition, e.draining = None, False
-        self._schedule()
+        self._host.reschedule()
 
     async def _do_sleep(self, e: ExpertResidency) -> None:
         level = e.sleep_level if e.driver.can_sleep else 2
@@ -171,10 +207,8 @@ class Transitions:
             # Not chosen for eviction again until the backoff ends (no tight retry loop);
             # then look again, for whoever still waits for its memory.
             e.sleep_retry_at = self._clock() + self.failure_backoff_s
-            loop = asyncio.get_running_loop()
-            self._timers = [t for t in self._timers if t.when() > loop.time()]
-            self._timers.append(loop.call_later(self.failure_backoff_s, self._schedule))
-            self._schedule()
+            self._host.reschedule_in(self.failure_backoff_s)
+            self._host.reschedule()
             return
         elapsed = self._clock() - t0
         e.tier, e.transition, e.draining = tier, None, False
@@ -182,4 +216,4 @@ class Transitions:
         log.info("expert %r: hot -> %s in %.2f s", e.name, tier, elapsed)
         if self._metrics is not None:
             self._metrics.sleep_seconds.labels(e.name, str(level)).observe(elapsed)
-        self._schedule()
+        self._host.reschedule()
