@@ -176,4 +176,3 @@ class RequestLifecycle:
         self.charge(usage_tokens(result))
         self.fill(CachedAnswer("json", routing_headers, payload))
         self.finish("200")
-

@@ -38,9 +38,7 @@ async def synthesis_response(
 ) -> Response:
     """Answer ``req`` from a panel of experts, merged by ``plan.strategy``."""
     experts = ctx.pool.experts
-    members, suggested = await recruit(
-        ctx.table.routers[req.model], req, decision, plan.k, experts
-    )
+    members, suggested = await recruit(ctx.table.routers[req.model], req, decision, plan.k, experts)
     run = Synthesis(
         experts=experts, settings=ctx.settings.synthesis, req=req, request_body=body,
         members=members, plan=plan, aggregator=plan.aggregator or suggested or members[0][0].name,
