@@ -23,7 +23,7 @@ from coe_router.catalog import Catalog
 from coe_router.config import CacheSettings
 from coe_router.errors import StateUnavailable
 from coe_router.metrics import Metrics
-from coe_router.state import Background, StateGuard, StateStore
+from coe_router.state import StoreAccess
 
 #: Request fields that never change the answer.
 _IGNORED = frozenset({"coe", "user", "stream"})
@@ -74,16 +74,12 @@ class ResponseCache:
         self,
         catalog: Catalog,
         settings: CacheSettings,
-        store: StateStore,
-        guard: StateGuard,
-        background: Background,
+        access: StoreAccess,
         metrics: Metrics,
     ) -> None:
         self._ttl = {v.name: v.cache_ttl_s for v in catalog.virtual_models if v.cache_ttl_s}
         self._settings = settings
-        self._store = store
-        self._guard = guard
-        self._background = background
+        self._access = access
         self._metrics = metrics
 
     @property
@@ -109,7 +105,9 @@ class ResponseCache:
     async def lookup(self, plan: CachePlan) -> CachedAnswer | None:
         """The stored answer, or None (a miss, or the store is failing)."""
         try:
-            raw = await self._guard.call("cache_get", lambda: self._store.get(plan.key))
+            raw = await self._access.guard.call(
+                "cache_get", lambda: self._access.store.get(plan.key)
+            )
         except StateUnavailable:
             return None
         entry = CachedAnswer.decode(raw) if raw is not None else None
@@ -121,4 +119,6 @@ class ResponseCache:
         if len(entry.body) > self._settings.max_entry_bytes:
             return
         data = entry.encode()
-        self._background.submit("cache_set", lambda: self._store.set(plan.key, data, plan.ttl_s))
+        self._access.background.submit(
+            "cache_set", lambda: self._access.store.set(plan.key, data, plan.ttl_s)
+        )

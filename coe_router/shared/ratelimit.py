@@ -22,7 +22,7 @@ from collections.abc import Callable
 from coe_router.config import KeyLimits, RateLimitSettings
 from coe_router.errors import RateLimited, StateUnavailable
 from coe_router.metrics import Metrics
-from coe_router.state import Admission, Background, StateGuard, StateStore, admission, window_index
+from coe_router.state import Admission, StoreAccess, admission, window_index
 
 #: Caller id when no bearer key is sent (an open gateway): one shared budget.
 ANONYMOUS = "anonymous"
@@ -66,16 +66,12 @@ class RateLimiter:
     def __init__(
         self,
         settings: RateLimitSettings,
-        store: StateStore,
-        guard: StateGuard,
-        background: Background,
+        access: StoreAccess,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._store = store
-        self._guard = guard
-        self._background = background
+        self._access = access
         self._metrics = metrics
         # Wall-clock time: every gateway of a fleet must agree on window boundaries.
         self._clock = clock
@@ -99,9 +95,11 @@ class RateLimiter:
             return None
         now = self._clock()
         try:
-            counts = await self._guard.call(
+            counts = await self._access.guard.call(
                 "rate_limit",
-                lambda: self._store.hit(kid, now, limits.requests_per_min, limits.tokens_per_min),
+                lambda: self._access.store.hit(
+                    kid, now, limits.requests_per_min, limits.tokens_per_min
+                ),
             )
         except StateUnavailable as exc:
             if self._settings.on_store_error == "closed":
@@ -129,6 +127,6 @@ class RateLimiter:
         if not tokens or not self.counts_tokens(kid):
             return
         now = self._clock()
-        self._background.submit(
-            "rate_limit_tokens", lambda: self._store.add_tokens(kid, now, tokens)
+        self._access.background.submit(
+            "rate_limit_tokens", lambda: self._access.store.add_tokens(kid, now, tokens)
         )

@@ -15,7 +15,7 @@ from coe_router.shared.affinity import Affinity
 from coe_router.shared.cache import ResponseCache
 from coe_router.shared.decision_log import DecisionLog
 from coe_router.shared.ratelimit import RateLimiter
-from coe_router.state import Background, StateGuard, StateStore, open_store
+from coe_router.state import Background, StateGuard, StateStore, StoreAccess, open_store
 
 log = logging.getLogger("coe_router.state")
 
@@ -58,16 +58,15 @@ async def open_shared_services(
             log.warning("state store %s unreachable at start-up (%s); serving without it "
                         "until it answers", store.kind, exc)  # fmt: skip
         background.start()
+        access = StoreAccess(store, guard, background)
         yield SharedServices(
             store=store,
             guard=guard,
             background=background,
-            limiter=RateLimiter(settings.rate_limits, store, guard, background, metrics),
-            cache=ResponseCache(catalog, settings.cache, store, guard, background, metrics),
-            affinity=Affinity(
-                settings.affinity, store, guard, background, [e.name for e in catalog.experts]
-            ),
-            decisions=DecisionLog(settings.decision_log, store, background),
+            limiter=RateLimiter(settings.rate_limits, access, metrics),
+            cache=ResponseCache(catalog, settings.cache, access, metrics),
+            affinity=Affinity(settings.affinity, access, [e.name for e in catalog.experts]),
+            decisions=DecisionLog(settings.decision_log, access),
         )
     finally:
         try:
