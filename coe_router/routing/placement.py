@@ -39,25 +39,18 @@ class Placed:
     routing_s: float
 
 
+@dataclass(frozen=True, slots=True)
 class Placement:
     """Decides where each request goes (see the module docstring)."""
 
-    def __init__(
-        self,
-        table: RoutingTable,
-        affinity: Affinity,
-        decisions: DecisionLog,
-        metrics: Metrics,
-        *,
-        wake_s: Callable[[str], float] | None,
-        wake_cost_weight: float,
-    ) -> None:
-        self.table = table
-        self._affinity = affinity
-        self._decisions = decisions
-        self._metrics = metrics
-        self._wake_s = wake_s
-        self._weight = wake_cost_weight
+    table: RoutingTable
+    affinity: Affinity
+    decisions: DecisionLog
+    metrics: Metrics
+    #: Expected seconds before an expert could serve; None without the tiered pool.
+    wake_s: Callable[[str], float] | None
+    #: Quality given up per second of wake time (``COE_TIERS__WAKE_COST_WEIGHT``).
+    wake_cost_weight: float
 
     async def decide(
         self, model: str, messages: Sequence[ChatMessage]
@@ -66,7 +59,7 @@ class Placement:
         t0 = time.perf_counter()
         decision = await self.table.decide(model, messages)
         elapsed = time.perf_counter() - t0
-        self._metrics.routing_latency.labels(decision.strategy).observe(elapsed)
+        self.metrics.routing_latency.labels(decision.strategy).observe(elapsed)
         return decision, elapsed
 
     async def place(
@@ -82,13 +75,13 @@ class Placement:
         if routed.strategy == "direct":
             return Placed(routed, None, elapsed)
         decision, outcome, cid = routed, None, None
-        if self._affinity.enabled:
+        if self.affinity.enabled:
             cid = conversation_id(model, caller, conversation, messages)
-            decision, outcome = await self._affinity.apply(cid, routed)
-        if self._wake_s is not None and outcome != "sticky":
-            decision = prefer_awake(decision, self._wake_s, self._weight)
+            decision, outcome = await self.affinity.apply(cid, routed)
+        if self.wake_s is not None and outcome != "sticky":
+            decision = prefer_awake(decision, self.wake_s, self.wake_cost_weight)
         if cid is not None and outcome is not None:
-            self._affinity.remember(cid, decision.expert)
-            self._metrics.affinity.labels(model, outcome).inc()
-        self._decisions.record(model, messages, routed, decision.expert, outcome, cid)
+            self.affinity.remember(cid, decision.expert)
+            self.metrics.affinity.labels(model, outcome).inc()
+        self.decisions.record(model, messages, routed, decision.expert, outcome, cid)
         return Placed(decision, outcome, elapsed)

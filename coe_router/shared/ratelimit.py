@@ -18,6 +18,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from coe_router.config import KeyLimits, RateLimitSettings
 from coe_router.errors import RateLimited, StateUnavailable
@@ -60,21 +61,15 @@ def limit_headers(adm: Admission) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True, slots=True)
 class RateLimiter:
     """Admits or refuses requests per API key; counts their tokens afterwards."""
 
-    def __init__(
-        self,
-        settings: RateLimitSettings,
-        access: StoreAccess,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._settings = settings
-        self._access = access
-        self._metrics = metrics
-        # Wall-clock time: every gateway of a fleet must agree on window boundaries.
-        self._clock = clock
+    _settings: RateLimitSettings
+    _access: StoreAccess
+    _metrics: Metrics
+    # Wall-clock time: every gateway of a fleet must agree on window boundaries.
+    _clock: Callable[[], float] = time.time
 
     def limits_for(self, kid: str) -> KeyLimits:
         """The limits of the key with id ``kid``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from coe_router.errors import UpstreamUnavailable
@@ -100,36 +100,54 @@ class Transitions:
         e.transition = "sleeping"
         self.spawn(self._sleep(e), f"sleep-{e.name}")
 
-    async def _wake(self, e: ExpertResidency) -> None:
+    async def _under_lease(
+        self,
+        e: ExpertResidency,
+        alone: Callable[[ExpertResidency], Awaitable[None]],
+        leased: Callable[[ExpertResidency, int], Awaitable[None]],
+        timed_out: Callable[[ExpertResidency], None],
+    ) -> None:
+        """Run a transition: alone (one gateway, or the store is down: ``alone``), else
+        while holding the device's fleet lease (``leased``, with its fencing token)."""
         if self._fleet is None:
-            await self._do_wake(e)
+            await alone(e)
             return
         try:
             async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
                 if token is None:  # the store is down: act alone
-                    await self._do_wake(e)
+                    await alone(e)
                     return
-                # The table may lag (or hold a dead gateway's half-done change): ask the
-                # expert itself where it is.
-                e.tier = await e.driver.probe()
-                if e.tier == Tier.HOT:  # another gateway woke it meanwhile
-                    e.transition, e.draining = None, False
-                elif self._host.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
-                    # The fleet's awake set leaves no room now: back to the queue.
-                    e.transition = None
-                else:
-                    await self._fleet.publish(e.device, token, e)
-                    await self._do_wake(e)
-                await self._fleet.publish(e.device, token, e)
+                await leased(e, token)
         except TimeoutError:
-            e.transition = None
-            self._host.fail_waiters(
-                e,
-                UpstreamUnavailable(
-                    f"expert {e.name!r}: another gateway held the tier lease for too long"
-                ),
-            )
+            timed_out(e)
         self._host.reschedule()
+
+    async def _wake(self, e: ExpertResidency) -> None:
+        await self._under_lease(e, self._do_wake, self._wake_leased, self._lease_refused)
+
+    async def _wake_leased(self, e: ExpertResidency, token: int) -> None:
+        assert self._fleet is not None
+        # The table may lag (or hold a dead gateway's half-done change): ask the
+        # expert itself where it is.
+        e.tier = await e.driver.probe()
+        if e.tier == Tier.HOT:  # another gateway woke it meanwhile
+            e.transition, e.draining = None, False
+        elif self._host.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
+            # The fleet's awake set leaves no room now: back to the queue.
+            e.transition = None
+        else:
+            await self._fleet.publish(e.device, token, e)
+            await self._do_wake(e)
+        await self._fleet.publish(e.device, token, e)
+
+    def _lease_refused(self, e: ExpertResidency) -> None:
+        e.transition = None
+        self._host.fail_waiters(
+            e,
+            UpstreamUnavailable(
+                f"expert {e.name!r}: another gateway held the tier lease for too long"
+            ),
+        )
 
     async def _do_wake(self, e: ExpertResidency) -> None:
         from_tier = e.tier
@@ -172,27 +190,24 @@ class Transitions:
         self._host.reschedule()
 
     async def _sleep(self, e: ExpertResidency) -> None:
-        if self._fleet is None:
-            await self._do_sleep(e)
-            return
-        try:
-            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
-                if token is None:
-                    await self._do_sleep(e)
-                    return
-                e.tier = await e.driver.probe()
-                if e.tier != Tier.HOT:  # another gateway put it to sleep meanwhile
-                    e.transition, e.draining = None, False
-                else:
-                    # Announce the sleep, then give the other gateways two sync rounds to
-                    # stop sending to it; what they already sent finishes (mode=wait).
-                    await self._fleet.publish(e.device, token, e)
-                    await asyncio.sleep(2 * self._sync_interval_s)
-                    await self._do_sleep(e)
-                await self._fleet.publish(e.device, token, e)
-        except TimeoutError:
+        await self._under_lease(e, self._do_sleep, self._sleep_leased, self._sleep_abandoned)
+
+    async def _sleep_leased(self, e: ExpertResidency, token: int) -> None:
+        assert self._fleet is not None
+        e.tier = await e.driver.probe()
+        if e.tier != Tier.HOT:  # another gateway put it to sleep meanwhile
             e.transition, e.draining = None, False
-        self._host.reschedule()
+        else:
+            # Announce the sleep, then give the other gateways two sync rounds to
+            # stop sending to it; what they already sent finishes (mode=wait).
+            await self._fleet.publish(e.device, token, e)
+            await asyncio.sleep(2 * self._sync_interval_s)
+            await self._do_sleep(e)
+        await self._fleet.publish(e.device, token, e)
+
+    @staticmethod
+    def _sleep_abandoned(e: ExpertResidency) -> None:
+        e.transition, e.draining = None, False
 
     async def _do_sleep(self, e: ExpertResidency) -> None:
         level = e.sleep_level if e.driver.can_sleep else 2
