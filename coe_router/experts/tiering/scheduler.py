@@ -73,7 +73,7 @@ class TierScheduler:
         self._timers: list[asyncio.TimerHandle] = []
         #: Carries out the wakes and sleeps this scheduler decides on.
         self._transitions = Transitions(
-            self, budgets_gb=self.budgets_gb, wake_timeout_s=wake_timeout_s,
+            host=self, budgets_gb=self.budgets_gb, wake_timeout_s=wake_timeout_s,
             failure_backoff_s=failure_backoff_s, fleet=self._fleet,
             sync_interval_s=sync_interval_s, metrics=metrics, clock=clock,
         )  # fmt: skip

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coe_router.errors import UpstreamUnavailable
@@ -47,30 +48,20 @@ class TransitionHost(Protocol):
         ...
 
 
+@dataclass(eq=False, kw_only=True)
 class Transitions:
     """Runs wakes and sleeps as tasks; one per expert at a time (the scheduler ensures it)."""
 
-    def __init__(
-        self,
-        host: TransitionHost,
-        *,
-        budgets_gb: dict[str, float],
-        wake_timeout_s: float,
-        failure_backoff_s: float,
-        fleet: FleetTiers | None,
-        sync_interval_s: float,
-        metrics: Metrics | None,
-        clock: Callable[[], float],
-    ) -> None:
-        self._host = host
-        self.budgets_gb = budgets_gb
-        self.wake_timeout_s = wake_timeout_s
-        self.failure_backoff_s = failure_backoff_s
-        self._fleet = fleet
-        self._sync_interval_s = sync_interval_s
-        self._metrics = metrics
-        self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+    host: TransitionHost
+    budgets_gb: dict[str, float]
+    wake_timeout_s: float
+    failure_backoff_s: float
+    #: The fleet's tier table (None: this gateway alone decides).
+    fleet: FleetTiers | None
+    sync_interval_s: float
+    metrics: Metrics | None
+    clock: Callable[[], float]
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -92,7 +83,7 @@ class Transitions:
     def start_wake(self, e: ExpertResidency) -> None:
         """Begin waking ``e`` (its memory counts from now on)."""
         e.transition = "waking"
-        e.wake_started = self._clock()
+        e.wake_started = self.clock()
         self.spawn(self._wake(e), f"wake-{e.name}")
 
     def start_sleep(self, e: ExpertResidency) -> None:
@@ -104,45 +95,44 @@ class Transitions:
         self,
         e: ExpertResidency,
         alone: Callable[[ExpertResidency], Awaitable[None]],
-        leased: Callable[[ExpertResidency, int], Awaitable[None]],
+        leased: Callable[[ExpertResidency, FleetTiers, int], Awaitable[None]],
         timed_out: Callable[[ExpertResidency], None],
     ) -> None:
         """Run a transition: alone (one gateway, or the store is down: ``alone``), else
-        while holding the device's fleet lease (``leased``, with its fencing token)."""
-        if self._fleet is None:
+        while holding the device's fleet lease (``leased``, with its fencing token), once
+        the expert's tier was read from the expert itself: the table may lag, or hold a
+        dead gateway's half-done change."""
+        if self.fleet is None:
             await alone(e)
             return
         try:
-            async with self._fleet.locked(e.device, self.wake_timeout_s) as token:
+            async with self.fleet.locked(e.device, self.wake_timeout_s) as token:
                 if token is None:  # the store is down: act alone
                     await alone(e)
                     return
-                await leased(e, token)
+                e.tier = await e.driver.probe()
+                await leased(e, self.fleet, token)
         except TimeoutError:
             timed_out(e)
-        self._host.reschedule()
+        self.host.reschedule()
 
     async def _wake(self, e: ExpertResidency) -> None:
         await self._under_lease(e, self._do_wake, self._wake_leased, self._lease_refused)
 
-    async def _wake_leased(self, e: ExpertResidency, token: int) -> None:
-        assert self._fleet is not None
-        # The table may lag (or hold a dead gateway's half-done change): ask the
-        # expert itself where it is.
-        e.tier = await e.driver.probe()
+    async def _wake_leased(self, e: ExpertResidency, fleet: FleetTiers, token: int) -> None:
         if e.tier == Tier.HOT:  # another gateway woke it meanwhile
             e.transition, e.draining = None, False
-        elif self._host.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
+        elif self.host.used_gb(e.device) > self.budgets_gb[e.device] + 1e-9:
             # The fleet's awake set leaves no room now: back to the queue.
             e.transition = None
         else:
-            await self._fleet.publish(e.device, token, e)
+            await fleet.publish(e.device, token, e)
             await self._do_wake(e)
-        await self._fleet.publish(e.device, token, e)
+        await fleet.publish(e.device, token, e)
 
     def _lease_refused(self, e: ExpertResidency) -> None:
         e.transition = None
-        self._host.fail_waiters(
+        self.host.fail_waiters(
             e,
             UpstreamUnavailable(
                 f"expert {e.name!r}: another gateway held the tier lease for too long"
@@ -151,25 +141,25 @@ class Transitions:
 
     async def _do_wake(self, e: ExpertResidency) -> None:
         from_tier = e.tier
-        t0 = self._clock()
+        t0 = self.clock()
         try:
             await asyncio.wait_for(e.driver.wake(from_tier), self.wake_timeout_s)
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             e.wake_failures += 1
             e.last_error = reason
-            e.unhealthy_until = self._clock() + self.failure_backoff_s
+            e.unhealthy_until = self.clock() + self.failure_backoff_s
             log.error("expert %r: wake from %s failed: %s", e.name, from_tier, reason)
-            if self._metrics is not None:
-                self._metrics.wake_failures.labels(e.name).inc()
-            self._host.fail_waiters(
+            if self.metrics is not None:
+                self.metrics.wake_failures.labels(e.name).inc()
+            self.host.fail_waiters(
                 e, UpstreamUnavailable(f"expert {e.name!r} failed to wake: {reason}")
             )
             # A wake that failed halfway or timed out may hold memory (the server may even
             # finish it on its own): put it back to sleep at level 2 (its weights may be
             # garbage) and count its memory until that is done.
             e.transition = "sleeping"
-            self._host.publish_state()
+            self.host.publish_state()
             try:
                 e.tier = await asyncio.wait_for(e.driver.sleep(2), self.wake_timeout_s)
             except Exception as sleep_exc:
@@ -177,33 +167,31 @@ class Transitions:
                 with contextlib.suppress(Exception):
                     e.tier = await e.driver.probe()
             e.transition = None
-            self._host.reschedule()
+            self.host.reschedule()
             return
-        elapsed = self._clock() - t0
+        elapsed = self.clock() - t0
         e.tier, e.transition, e.draining = Tier.HOT, None, False
-        e.woke_at = self._clock()
+        e.woke_at = self.clock()
         e.record_wake(from_tier, elapsed)
         log.info("expert %r: %s -> hot in %.2f s", e.name, from_tier, elapsed)
-        if self._metrics is not None:
-            self._metrics.wake_seconds.labels(e.name, from_tier.value).observe(elapsed)
-            self._metrics.switches.labels(e.name).inc()
-        self._host.reschedule()
+        if self.metrics is not None:
+            self.metrics.wake_seconds.labels(e.name, from_tier.value).observe(elapsed)
+            self.metrics.switches.labels(e.name).inc()
+        self.host.reschedule()
 
     async def _sleep(self, e: ExpertResidency) -> None:
         await self._under_lease(e, self._do_sleep, self._sleep_leased, self._sleep_abandoned)
 
-    async def _sleep_leased(self, e: ExpertResidency, token: int) -> None:
-        assert self._fleet is not None
-        e.tier = await e.driver.probe()
+    async def _sleep_leased(self, e: ExpertResidency, fleet: FleetTiers, token: int) -> None:
         if e.tier != Tier.HOT:  # another gateway put it to sleep meanwhile
             e.transition, e.draining = None, False
         else:
             # Announce the sleep, then give the other gateways two sync rounds to
             # stop sending to it; what they already sent finishes (mode=wait).
-            await self._fleet.publish(e.device, token, e)
-            await asyncio.sleep(2 * self._sync_interval_s)
+            await fleet.publish(e.device, token, e)
+            await asyncio.sleep(2 * self.sync_interval_s)
             await self._do_sleep(e)
-        await self._fleet.publish(e.device, token, e)
+        await fleet.publish(e.device, token, e)
 
     @staticmethod
     def _sleep_abandoned(e: ExpertResidency) -> None:
@@ -211,7 +199,7 @@ class Transitions:
 
     async def _do_sleep(self, e: ExpertResidency) -> None:
         level = e.sleep_level if e.driver.can_sleep else 2
-        t0 = self._clock()
+        t0 = self.clock()
         try:
             tier = await e.driver.sleep(level)
         except Exception as exc:
@@ -221,14 +209,14 @@ class Transitions:
             e.tier, e.transition, e.draining = Tier.HOT, None, False
             # Not chosen for eviction again until the backoff ends (no tight retry loop);
             # then look again, for whoever still waits for its memory.
-            e.sleep_retry_at = self._clock() + self.failure_backoff_s
-            self._host.reschedule_in(self.failure_backoff_s)
-            self._host.reschedule()
+            e.sleep_retry_at = self.clock() + self.failure_backoff_s
+            self.host.reschedule_in(self.failure_backoff_s)
+            self.host.reschedule()
             return
-        elapsed = self._clock() - t0
+        elapsed = self.clock() - t0
         e.tier, e.transition, e.draining = tier, None, False
         e.sleeps += 1
         log.info("expert %r: hot -> %s in %.2f s", e.name, tier, elapsed)
-        if self._metrics is not None:
-            self._metrics.sleep_seconds.labels(e.name, str(level)).observe(elapsed)
-        self._host.reschedule()
+        if self.metrics is not None:
+            self.metrics.sleep_seconds.labels(e.name, str(level)).observe(elapsed)
+        self.host.reschedule()
