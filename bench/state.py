@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from coe_router.config import Settings  # noqa: E402
 from coe_router.gateway import create_app  # noqa: E402
-from coe_router.gateway.state import GatewayState  # noqa: E402
+from coe_router.gateway.context import AppContext  # noqa: E402
 from coe_router.state import MemoryStore, StateStore, connect_redis  # noqa: E402
 
 CATALOG: dict[str, Any] = {
@@ -243,7 +243,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             for name in order if b % 2 == 0 else order[::-1]:
                 samples[name] += await measure(clients[name], block, name, b * block)
         log("timing store primitives")
-        st: GatewayState = clients["redis"].app.state.coe  # type: ignore[attr-defined]
+        st: AppContext = clients["redis"].app.state.coe  # type: ignore[attr-defined]
         ops = {
             "memory": await store_ops(MemoryStore(), args.n_ops),
             "redis": await store_ops(st.shared.store, args.n_ops),

@@ -3,8 +3,8 @@
 Replays one synthetic trace through the real pool code and compares scheduling and
 eviction policies on it, in one run:
 
-* **Real pool code**: :class:`~coe_router.experts.scheduler.TierScheduler` (acquire,
-  release, wake, drain, evict) drives :class:`~coe_router.experts.residency.
+* **Real pool code**: :class:`~coe_router.experts.tiering.scheduler.TierScheduler` (acquire,
+  release, wake, drain, evict) drives :class:`~coe_router.experts.tiering.drivers.
   VLLMSleepDriver`, which calls vLLM's sleep endpoints through each expert's
   :class:`~coe_router.experts.replica.Replica` (its own ``httpx.AsyncClient``). The
   replicas are ``tests/fake_sleep.py``'s fake vLLM servers behind one
@@ -105,16 +105,16 @@ if str(ROOT) not in sys.path:  # run as ``python bench/tiering.py``
 from bench.virtual_time import VirtualTimeLoop  # noqa: E402
 from coe_router.config import TierSettings, UpstreamSettings  # noqa: E402
 from coe_router.errors import UpstreamError  # noqa: E402
-from coe_router.experts.eviction import (  # noqa: E402
+from coe_router.experts.replica import Replica  # noqa: E402
+from coe_router.experts.tiering.drivers import VLLMSleepDriver  # noqa: E402
+from coe_router.experts.tiering.eviction import (  # noqa: E402
     EvictionPolicy,
     FIFOPolicy,
     LRUPolicy,
     ScorePolicy,
 )
-from coe_router.experts.replica import Replica  # noqa: E402
-from coe_router.experts.residency import VLLMSleepDriver  # noqa: E402
-from coe_router.experts.scheduler import SchedulingMode, TierScheduler  # noqa: E402
-from coe_router.experts.tiers import ExpertResidency  # noqa: E402
+from coe_router.experts.tiering.scheduler import SchedulingMode, TierScheduler  # noqa: E402
+from coe_router.experts.tiering.tiers import ExpertResidency  # noqa: E402
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica  # noqa: E402
 from tests.fakes import completion  # noqa: E402
 

@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from coe_router.experts.prepare import KNOWN_MODELS, prepare_models
+    from coe_router.modelprep.prepare import KNOWN_MODELS, prepare_models
 
     if args.models_command == "list":
         for name, source in KNOWN_MODELS.items():
@@ -101,7 +101,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    from coe_router.experts.catalog import load_catalog
+    from coe_router.catalog import load_catalog
     from coe_router.routing.table import RoutingTable
 
     path = args.path or Settings().catalog

@@ -24,6 +24,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coe_router.protocol import AggregationStrategy
+
 
 def _cache_dir() -> Path:
     return Path.home() / ".cache" / "coe-router"
@@ -122,7 +124,7 @@ class SynthesisSettings(BaseModel):
     #: Most experts one request may ask (``coe.k``).
     max_k: int = Field(default=5, ge=1)
     default_k: int = Field(default=3, ge=1)
-    default_strategy: Literal["synthesize", "vote", "best"] = "synthesize"
+    default_strategy: AggregationStrategy = "synthesize"
     #: Each panel member's own deadline; a slow one is left out.
     expert_timeout_s: float = Field(default=120.0, gt=0)
     #: Seconds between SSE comment lines while the panel works (keeps proxies from timing out).

@@ -19,7 +19,7 @@ status and renders the single OpenAI-style body
     ├── RateLimited                       429 rate_limit_error / rate_limit_exceeded (+ headers)
     ├── StateUnavailable                  503 state_unavailable: the shared state store failed
     ├── ConfigError                       startup only: bad settings or catalog
-    └── ModelPrepareError                 `coe-router models prepare` (experts/prepare.py)
+    └── ModelPrepareError                 `coe-router models prepare` (modelprep/)
 
 httpx exceptions are translated exactly once, in :func:`map_httpx_exceptions`,
 where the expert client calls its replica; nothing above ``experts/`` sees httpx.

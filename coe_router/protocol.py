@@ -13,6 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: How a synthesis merges its panel's answers: the one set of names, used by the request's
+#: ``coe.strategy``, the catalog, the settings and the registry in
+#: :mod:`coe_router.aggregation.strategies`.
+AggregationStrategy = Literal["synthesize", "vote", "best"]
+
 
 class OpenAIBaseModel(BaseModel):
     """Base of every wire type: unknown fields are kept, not rejected."""
@@ -48,7 +53,7 @@ class CoERequestOptions(BaseModel):
     k: int | None = Field(default=None, ge=1)
     #: The expert that merges the answers (``synthesize``).
     aggregator: str | None = None
-    strategy: Literal["synthesize", "vote", "best"] | None = None
+    strategy: AggregationStrategy | None = None
     #: Keeps a conversation on its expert across turns (session affinity).
     conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
 
@@ -139,3 +144,16 @@ class ModelList(OpenAIBaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def usage_tokens(obj: Any) -> int | None:
+    """``usage.total_tokens`` (or prompt + completion) of a response or chunk, if present."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    ints = [p for p in parts if isinstance(p, int) and not isinstance(p, bool)]
+    return sum(ints) if ints else None

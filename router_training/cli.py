@@ -61,8 +61,8 @@ def _encoder(spec: str, long_text: str) -> tuple[Encoder, dict[str, Any]]:
 
 
 def _catalog(path: Path | None) -> Any:
+    from coe_router.catalog import load_catalog
     from coe_router.config import Settings
-    from coe_router.experts.catalog import load_catalog
 
     return load_catalog(path or Settings().catalog)
 

@@ -215,7 +215,7 @@ def keyword_categories(texts: Sequence[str]) -> list[str]:
     """What the gateway's keyword router (deploy/local.yaml rules) says: the baseline."""
     import asyncio
 
-    from coe_router.experts.catalog import load_catalog
+    from coe_router.catalog import load_catalog
     from coe_router.protocol import ChatMessage
     from coe_router.routing.keyword import KeywordRouter
 

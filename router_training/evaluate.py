@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from coe_router.experts.catalog import Catalog
+from coe_router.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import ExpertProfiles
 from coe_router.routing.base import Router, RoutingDecision

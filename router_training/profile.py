@@ -32,9 +32,9 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from coe_router.catalog import Catalog
 from coe_router.config import LocalSettings, Settings
 from coe_router.errors import CoEError
-from coe_router.experts.catalog import Catalog
 from coe_router.experts.pool import ExpertPool
 from coe_router.metrics import Metrics
 from router_training.data import Example

@@ -2,7 +2,7 @@
 
 The gateway (``COE_DECISION_LOG__ENABLED=true``) appends one entry per routed request
 to a capped Redis stream (``{prefix}log:decisions``; fields in
-``coe_router/routing/decision_log.py``). This command reads it, oldest first, and
+``coe_router/shared/decision_log.py``). This command reads it, oldest first, and
 writes one line per decision in the router_training data format::
 
     {"category": "code", "prompt": "...", "source": "replay:coe", "expert": "code",
@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from coe_router.config import StateSettings
 from coe_router.errors import StateUnavailable
-from coe_router.routing.decision_log import LOG_NAME
+from coe_router.shared.decision_log import LOG_NAME
 from coe_router.state import StateStore, connect_redis
 from router_training.data import Example
 

@@ -1,4 +1,6 @@
-"""The aggregator's prompt: the question, the panel's answers, and how to merge them.
+"""The ``synthesize`` strategy: an aggregator expert merges the panel's answers.
+
+Its prompt: the question, the panel's answers, and how to merge them.
 
 The aggregator receives the conversation unchanged, then one extra user turn::
 
@@ -15,9 +17,14 @@ aggregator's context.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
+from coe_router.aggregation.base import Delta, Merge, Merged
 from coe_router.aggregation.panel import PanelAnswer
+from coe_router.errors import UpstreamError
+from coe_router.sse import data_events
 
 INSTRUCTION = (
     "Write the single best final answer for the user. Use what is correct in the answers, "
@@ -36,3 +43,63 @@ def aggregator_messages(
         a.used = True
     parts.append(INSTRUCTION)
     return [*messages, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+class Synthesize:
+    """An aggregator expert reads the panel's answers and writes the final one."""
+
+    uses_aggregator: ClassVar[bool] = True
+
+    def _body(self, merge: Merge, stream: bool) -> dict[str, Any]:
+        messages = aggregator_messages(merge.request["messages"], merge.answers)
+        body = {**merge.request, "model": merge.aggregator.spec.served_model_name,
+                "stream": stream, "messages": messages}  # fmt: skip
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body.pop("stream_options", None)
+        return body
+
+    async def merge(self, merge: Merge) -> Merged:
+        """The aggregator's answer, whole."""
+        client = merge.aggregator
+        merge.expert = client.name
+        async with merge.hold(client.name):
+            result, _ = await client.complete(self._body(merge, stream=False))
+        choice = result["choices"][0] if result.get("choices") else {}
+        message = choice.get("message") or {}
+        merge.usage.update(_ints(result.get("usage")))
+        return Merged(str(message.get("content") or ""), choice.get("finish_reason") or "stop")
+
+    async def stream(self, merge: Merge) -> AsyncIterator[Delta]:
+        """The aggregator's answer as it writes it; its usage is kept for the total."""
+        client = merge.aggregator
+        merge.expert = client.name
+        async with merge.hold(client.name):
+            upstream = await client.stream(self._body(merge, stream=True))
+            try:
+                async for data in data_events(upstream):
+                    try:
+                        obj = json.loads(data)
+                    except ValueError:
+                        continue
+                    if not isinstance(obj, dict):
+                        continue
+                    if isinstance(obj.get("error"), dict):  # vLLM reports in-band errors so
+                        raise UpstreamError(
+                            f"aggregator {client.name!r} failed mid-stream: "
+                            f"{obj['error'].get('message', '')}"
+                        )
+                    merge.usage.update(_ints(obj.get("usage")))
+                    choices = obj.get("choices") or []
+                    if choices and isinstance(choices[0], dict):
+                        yield choices[0].get("delta") or {}, choices[0].get("finish_reason")
+            finally:
+                await upstream.aclose()
+
+
+def _ints(usage: object) -> dict[str, int]:
+    """The integer fields of a ``usage`` object (empty when there is none)."""
+    if not isinstance(usage, dict):
+        return {}
+    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from coe_router.catalog import ExpertSpec
 from coe_router.errors import (
     ExpertStarting,
     UpstreamBadResponse,
@@ -22,7 +23,6 @@ from coe_router.errors import (
     UpstreamUnavailable,
     map_httpx_exceptions,
 )
-from coe_router.experts.catalog import ExpertSpec
 from coe_router.experts.replica import Replica, parse_completion, status_error
 from coe_router.metrics import Metrics
 

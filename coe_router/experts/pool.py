@@ -11,21 +11,22 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from coe_router.catalog import Catalog
 from coe_router.config import Settings
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog
-from coe_router.experts.eviction import EVICTION_POLICIES, ScorePolicy
 from coe_router.experts.expert import ExpertClient
 from coe_router.experts.process import LocalProcess
 from coe_router.experts.replica import Replica
-from coe_router.experts.residency import ProcessDriver, VLLMSleepDriver
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, ResidencyDriver, Tier, TierCoordinator
+from coe_router.experts.tiering.drivers import ProcessDriver, VLLMSleepDriver
+from coe_router.experts.tiering.eviction import EVICTION_POLICIES
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, ResidencyDriver, Tier, TierCoordinator
 from coe_router.metrics import Metrics
 
 log = logging.getLogger("coe_router.experts")
@@ -65,7 +66,7 @@ class ExpertPool:
             )
         self._tasks: list[asyncio.Task[None]] = []
         #: The tiered pool's scheduler; None when tiering is off.
-        self.tiers = self._build_tiers(catalog, coordinator) if settings.tiers.enabled else None
+        self.scheduler = self._build_tiers(catalog, coordinator) if settings.tiers.enabled else None
 
     def _build_tiers(self, catalog: Catalog, coordinator: TierCoordinator | None) -> TierScheduler:
         """A scheduler over the experts that can change tier; the others stay as they are."""
@@ -84,8 +85,7 @@ class ExpertPool:
                 name=spec.name, memory_gb=spec.memory_gb, device=spec.tier.device,
                 driver=driver, pinned=spec.tier.pinned, sleep_level=spec.tier.sleep_level,
             ))  # fmt: skip
-        policy_cls = EVICTION_POLICIES[ts.policy]
-        policy = policy_cls(ts.recency_tau_s) if policy_cls is ScorePolicy else policy_cls()
+        policy = EVICTION_POLICIES[ts.policy](recency_tau_s=ts.recency_tau_s)
         try:
             return TierScheduler(
                 residents, ts.budgets_gb, policy, mode=ts.scheduler, max_wait_s=ts.max_wait_s,
@@ -95,6 +95,28 @@ class ExpertPool:
             )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"tiers: {exc}") from None
+
+    def hold(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Keep ``name`` awake for one call (waking it first); a no-op when it is not tiered."""
+        if self.scheduler is not None and name in self.scheduler.experts:
+            return self.scheduler.hold(name)
+        return nullcontext()
+
+    async def acquire(self, name: str) -> Callable[[], None]:
+        """Wait until ``name`` can serve and count one request on it; returns the release.
+
+        For work that outlives the caller's scope (a stream handed to the server); a no-op
+        release when ``name`` is not tiered.
+        """
+        scheduler = self.scheduler
+        if scheduler is None or name not in scheduler.experts:
+            return _nothing
+        await scheduler.acquire(name)
+        return lambda: scheduler.release(name)
+
+    def expected_wake_s(self, name: str) -> float:
+        """Seconds before ``name`` could serve (0 when awake or not tiered)."""
+        return 0.0 if self.scheduler is None else self.scheduler.expected_wake_s(name)
 
     def get(self, name: str) -> ExpertClient | None:
         """The expert called ``name``."""
@@ -109,8 +131,8 @@ class ExpertPool:
         out: dict[str, dict[str, Any]] = {}
         for name, e in self.experts.items():
             entry: dict[str, Any] = {"live": e.live, "required": e.spec.required}
-            if self.tiers is not None and name in self.tiers.experts:
-                r = self.tiers.experts[name]
+            if self.scheduler is not None and name in self.scheduler.experts:
+                r = self.scheduler.experts[name]
                 entry["tier"] = r.tier.value
                 # An expert asleep on purpose is ready: the next request wakes it (unless its
                 # last wake failed and it is still in its back-off).
@@ -126,15 +148,15 @@ class ExpertPool:
         return all(e["live"] for e in self.readiness().values() if e["required"])
 
     async def __aenter__(self) -> ExpertPool:
-        managed = set(self.tiers.experts) if self.tiers is not None else set()
+        managed = set(self.scheduler.experts) if self.scheduler is not None else set()
         for name, process in self.processes.items():
             if name not in managed:  # the tier scheduler starts its own
                 await process.start()
         await self.check_all()
-        if self.tiers is not None:
-            await self.tiers.start()
+        if self.scheduler is not None:
+            await self.scheduler.start()
             if self._settings.tiers.prewarm:
-                self.tiers.prewarm()
+                self.scheduler.prewarm()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
         if self.processes:
             self._tasks.append(asyncio.create_task(self._progress_loop(), name="progress"))
@@ -150,8 +172,8 @@ class ExpertPool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.tiers is not None:
-            await self.tiers.aclose()
+        if self.scheduler is not None:
+            await self.scheduler.aclose()
         await asyncio.gather(*(r.aclose() for r in self.replicas()))
         await asyncio.gather(*(p.stop() for p in self.processes.values()))
 
@@ -196,3 +218,7 @@ class ExpertPool:
                     p = self.processes[name]
                     log.info("expert %r: loading, %3.0f s | %s", name, p.elapsed_s, p.log_tail())
             await asyncio.sleep(0.5)
+
+
+def _nothing() -> None:
+    """The release of an expert that is not tiered."""

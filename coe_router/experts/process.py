@@ -18,10 +18,10 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from coe_router.catalog import LaunchSpec
 from coe_router.config import LocalSettings
-from coe_router.experts.catalog import LaunchSpec
 
 log = logging.getLogger("coe_router.experts")
 
@@ -60,6 +60,16 @@ class LocalProcess:
         self._started_at = 0.0
         self.ready_after_s: float | None = None
         self._watcher: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """State, pid, log file and start-up time, for the admin view."""
+        return {
+            "state": self.state,
+            "detail": self.detail,
+            "pid": self.pid,
+            "log": str(self.log_path),
+            "ready_after_s": self.ready_after_s,
+        }
 
     @property
     def pid(self) -> int | None:

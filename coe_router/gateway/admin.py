@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 
 from coe_router.errors import InvalidRequest, ModelNotFound
-from coe_router.experts.scheduler import TierScheduler
+from coe_router.experts.tiering.scheduler import TierScheduler
 from coe_router.gateway.auth import require_admin
-from coe_router.gateway.state import gateway_state
+from coe_router.gateway.context import app_context
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
@@ -19,47 +18,25 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 @router.get("/experts")
 async def experts(request: Request) -> dict[str, Any]:
     """Every expert: replicas, launched process, and (tiered pool) tier, load and wake stats."""
-    pool = gateway_state(request).pool
+    pool = app_context(request).pool
     out = pool.readiness()
     for name, proc in pool.processes.items():
-        out[name]["process"] = {
-            "state": proc.state,
-            "detail": proc.detail,
-            "pid": proc.pid,
-            "log": str(proc.log_path),
-            "ready_after_s": proc.ready_after_s,
-        }
-    if pool.tiers is not None:
+        out[name]["process"] = proc.describe()
+    if pool.scheduler is not None:
         now = time.monotonic()
-        for name, e in pool.tiers.experts.items():
-            out[name]["tiering"] = {
-                "tier": e.tier.value,
-                "transition": e.transition,
-                "draining": e.draining,
-                "pinned": e.pinned,
-                "device": e.device,
-                "memory_gb": e.memory_gb,
-                "in_flight": e.in_flight,
-                "waiting": len(e.waiters),
-                "last_used_s_ago": None if math.isinf(e.last_used) else round(now - e.last_used, 3),
-                "uses": e.uses,
-                "wakes": e.wakes,
-                "sleeps": e.sleeps,
-                "wake_failures": e.wake_failures,
-                "wake_s": {t.value: round(s, 3) for t, s in e.wake_s.items()},
-                "last_error": e.last_error or None,
-            }
+        for name, e in pool.scheduler.experts.items():
+            out[name]["tiering"] = e.describe(now)
     budgets = (
-        {d: {"budget_gb": b, "used_gb": pool.tiers.used_gb(d)}
-         for d, b in pool.tiers.budgets_gb.items()}
-        if pool.tiers is not None else {}
+        {d: {"budget_gb": b, "used_gb": pool.scheduler.used_gb(d)}
+         for d, b in pool.scheduler.budgets_gb.items()}
+        if pool.scheduler is not None else {}
     )  # fmt: skip
     return {"object": "list", "data": [{"name": n, **e} for n, e in out.items()],
             "devices": budgets}  # fmt: skip
 
 
 def _tiers(request: Request, name: str) -> TierScheduler:
-    tiers = gateway_state(request).pool.tiers
+    tiers = app_context(request).pool.scheduler
     if tiers is None:
         raise InvalidRequest("The tiered pool is off (set COE_TIERS__ENABLED=true).",
                              code="tiering_disabled")  # fmt: skip

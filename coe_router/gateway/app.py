@@ -11,19 +11,19 @@ import httpx
 from fastapi import FastAPI
 
 from coe_router import __version__
+from coe_router.catalog import load_catalog
 from coe_router.config import Settings
-from coe_router.errors import RateLimited, StateUnavailable
-from coe_router.experts.catalog import load_catalog
 from coe_router.experts.pool import ExpertPool
 from coe_router.gateway import admin, chat, meta
+from coe_router.gateway.context import AppContext
 from coe_router.gateway.handlers import install_handlers
-from coe_router.gateway.ratelimit import error_with_headers
-from coe_router.gateway.shared import open_shared_state
-from coe_router.gateway.state import GatewayState
+from coe_router.lifecycle import LifecycleServices
 from coe_router.metrics import Metrics
+from coe_router.routing.placement import Placement
 from coe_router.routing.table import RoutingTable
+from coe_router.shared.services import open_shared_services
+from coe_router.shared.tier_table import SharedTierTable
 from coe_router.state import StateStore
-from coe_router.state.tier_table import SharedTierTable
 
 log = logging.getLogger("coe_router.gateway")
 
@@ -68,7 +68,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             # Opened first, closed last: queued state writes still land while the pool stops.
             shared = await stack.enter_async_context(
-                open_shared_state(settings, catalog, metrics, state_store)
+                open_shared_services(settings, catalog, metrics, state_store)
             )
             # A shared store makes tier changes one truth for the fleet; alone, no need.
             coordinator = (
@@ -79,7 +79,15 @@ def create_app(
                 ExpertPool(catalog, settings, metrics, transport=upstream_transport,
                            on_all_ready=announce, coordinator=coordinator)
             )  # fmt: skip
-            app.state.coe = GatewayState(settings, catalog, table, metrics, pool, shared)
+            placement = Placement(
+                table, shared.affinity, shared.decisions, metrics,
+                wake_s=pool.expected_wake_s if pool.scheduler is not None else None,
+                wake_cost_weight=settings.tiers.wake_cost_weight,
+            )  # fmt: skip
+            services = LifecycleServices(metrics, pool, shared.limiter, shared.cache)
+            app.state.coe = AppContext(
+                settings, catalog, table, metrics, pool, shared, placement, services
+            )
             # Everything built so far lives as long as the app: keep it out of the cyclic
             # collector's full passes, which otherwise stall a request for tens of ms.
             gc.collect()
@@ -94,9 +102,6 @@ def create_app(
         redoc_url=None,
     )
     install_handlers(app)
-    # Their headers (retry-after, x-ratelimit-*) matter to clients: more specific handlers.
-    app.add_exception_handler(RateLimited, error_with_headers)
-    app.add_exception_handler(StateUnavailable, error_with_headers)
     app.include_router(chat.router)
     app.include_router(meta.router)
     app.include_router(admin.router)

@@ -7,7 +7,8 @@ import hmac
 from fastapi import Request
 
 from coe_router.errors import AuthenticationError, PermissionDenied
-from coe_router.gateway.state import gateway_state
+from coe_router.gateway.context import app_context
+from coe_router.shared.ratelimit import ANONYMOUS, key_id
 
 
 def _bearer(request: Request) -> str | None:
@@ -22,7 +23,7 @@ def _matches(token: str, secret: str) -> bool:
 
 async def require_api_key(request: Request) -> None:
     """Inference routes: open when no keys are configured, else any API key or the admin key."""
-    auth = gateway_state(request).settings.auth
+    auth = app_context(request).settings.auth
     if not auth.api_keys:
         return
     token = _bearer(request)
@@ -40,7 +41,7 @@ async def require_api_key(request: Request) -> None:
 
 async def require_admin(request: Request) -> None:
     """Admin routes: the admin key, always; disabled when none is configured."""
-    admin = gateway_state(request).settings.auth.admin_key
+    admin = app_context(request).settings.auth.admin_key
     if admin is None:
         raise PermissionDenied(
             "The admin API is disabled: set COE_AUTH__ADMIN_KEY to enable it.",
@@ -53,3 +54,12 @@ async def require_admin(request: Request) -> None:
         )
     if not _matches(token, admin.get_secret_value()):
         raise PermissionDenied("This route needs the admin key.")
+
+
+def caller_id(request: Request) -> str:
+    """A stable, non-secret id of the request's API key: never store the key itself."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return ANONYMOUS
+    return key_id(token)

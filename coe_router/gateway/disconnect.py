@@ -8,14 +8,9 @@ from typing import TypeVar
 
 from fastapi import Request
 
+from coe_router.lifecycle import ClientDisconnected
+
 T = TypeVar("T")
-
-#: Status recorded when the client hung up before the answer (nginx's convention).
-CLIENT_CLOSED = "499"
-
-
-class ClientDisconnected(Exception):
-    """The client went away while we waited on the experts."""
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:

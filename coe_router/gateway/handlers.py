@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coe_router.errors import CoEError, ExpertStarting, error_body
+from coe_router.errors import CoEError, ExpertStarting, RateLimited, StateUnavailable, error_body
 
 log = logging.getLogger("coe_router.gateway")
 
@@ -54,9 +54,19 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
+    """Handler for :class:`RateLimited` and :class:`StateUnavailable`: the OpenAI body plus
+    the error's own headers (``retry-after``, ``x-ratelimit-*``)."""
+    assert isinstance(exc, RateLimited | StateUnavailable)
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(CoEError, _coe_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    # Their headers (retry-after, x-ratelimit-*) matter to clients: more specific handlers.
+    app.add_exception_handler(RateLimited, error_with_headers)
+    app.add_exception_handler(StateUnavailable, error_with_headers)

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from coe_router.errors import error_body
 from coe_router.gateway.auth import require_api_key
-from coe_router.gateway.state import gateway_state
+from coe_router.gateway.context import app_context
 from coe_router.protocol import ModelCard, ModelList
 
 router = APIRouter()
@@ -17,7 +17,7 @@ router = APIRouter()
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])
 async def list_models(request: Request) -> ModelList:
     """Virtual models first (routed), then every expert (callable by name)."""
-    state = gateway_state(request)
+    state = app_context(request)
     cards = [
         ModelCard(id=v.name, coe={"kind": "virtual", "router": v.router,
                                   "description": v.description})
@@ -50,7 +50,7 @@ async def health() -> dict[str, str]:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Readiness: every required expert has a live replica."""
-    pool = gateway_state(request).pool
+    pool = app_context(request).pool
     experts = pool.readiness()
     if pool.ready:
         return JSONResponse({"status": "ready", "experts": experts})
@@ -65,4 +65,4 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    return Response(gateway_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(app_context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from coe_router.catalog import Catalog, VirtualModelSpec
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog, VirtualModelSpec
 from coe_router.protocol import ChatMessage
 
 
@@ -42,6 +42,28 @@ class Router(Protocol):
 
     async def route(self, messages: Sequence[ChatMessage]) -> RoutingDecision:
         """Decide which expert answers ``messages`` (the latest user turn matters most)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Recruitment:
+    """Experts recruited for one request, best first, and who aggregates their answers."""
+
+    experts: tuple[Candidate, ...]
+    #: The expert that merges the recruits' answers.
+    aggregator: str
+
+
+@runtime_checkable
+class Recruiter(Protocol):
+    """A router that can also recruit a panel of experts for synthesis (Symbolic-MoE).
+
+    Optional: synthesis asks a router that is a :class:`Recruiter` for its panel, and
+    builds one from any other router's decision and alternatives.
+    """
+
+    async def recruit(self, messages: Sequence[ChatMessage], k: int | None = None) -> Recruitment:
+        """The ``k`` experts (default: the router's own number) that should answer."""
         ...
 
 

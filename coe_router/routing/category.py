@@ -15,12 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from coe_router.experts.catalog import Catalog
+from coe_router.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import ExpertProfiles
-from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision
+from coe_router.routing.base import ROUTER_CLS, RoutingDecision
 from coe_router.routing.context import blend
-from coe_router.routing.trained import TrainedCore, check_options, expert_scores_from_categories
+from coe_router.routing.trained import (
+    TrainedCore,
+    check_options,
+    expert_scores_from_categories,
+    ranked_alternatives,
+)
 
 
 def category_expert_map(
@@ -97,18 +102,12 @@ class CategoryRouter:
             reason += "; kept the conversation's topic"
         elif mixed.switched:
             reason += "; the latest turn clearly changed topic"
-        order = np.argsort(-per_expert)
-        alternatives = tuple(
-            Candidate(self.experts[i], round(float(per_expert[i]), 4))
-            for i in order
-            if self.experts[i] != expert
-        )
         return RoutingDecision(
             expert=expert,
             category=category,
             confidence=confidence,
             strategy=self.name,
-            alternatives=alternatives,
+            alternatives=ranked_alternatives(self.experts, per_expert, expert),
             reason=reason,
         )
 

@@ -10,8 +10,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coe_router.catalog import Catalog
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision, message_text
 

@@ -16,14 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from coe_router.catalog import Catalog
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array, softmax
-from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision
+from coe_router.routing.base import ROUTER_CLS, RoutingDecision
 from coe_router.routing.context import blend
 from coe_router.routing.encoder import normalize
-from coe_router.routing.trained import TrainedCore, check_options, number, resolve_path
+from coe_router.routing.trained import (
+    TrainedCore,
+    check_options,
+    number,
+    ranked_alternatives,
+    resolve_path,
+)
 
 
 class RetrieverRouter:
@@ -101,18 +107,12 @@ class RetrieverRouter:
         else:
             expert = best
             reason = f"nearest pilots: {best!r} (cosine {float(sims[0][mixed.choice]):.2f})"
-        order = np.argsort(-mixed.scores)
-        alternatives = tuple(
-            Candidate(names[i], round(float(mixed.scores[i]), 4))
-            for i in order
-            if names[i] != expert
-        )
         return RoutingDecision(
             expert=expert,
             category=nearest,
             confidence=confidence,
             strategy=self.name,
-            alternatives=alternatives,
+            alternatives=ranked_alternatives(names, mixed.scores, expert),
             reason=reason,
         )
 

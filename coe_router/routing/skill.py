@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from coe_router.catalog import Catalog
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array
-from coe_router.routing.base import ROUTER_CLS, Candidate, RoutingDecision
+from coe_router.routing.base import ROUTER_CLS, Candidate, Recruitment, RoutingDecision
 from coe_router.routing.context import blend
 from coe_router.routing.trained import TrainedCore, check_options, number
 
@@ -32,12 +32,10 @@ _GENERALIST_FLOOR = 0.25
 
 
 @dataclass(frozen=True, slots=True)
-class Recruitment:
-    """Experts recruited for one request, best first, and who aggregates their answers."""
+class SkillRecruitment(Recruitment):
+    """A recruitment, with the skills it was made for."""
 
-    experts: tuple[Candidate, ...]
     skills: tuple[tuple[str, float], ...]
-    aggregator: str
     category: str | None
     sticky: bool
 
@@ -93,7 +91,9 @@ class SkillRouter:
         out: Array = (raw / total).astype(np.float32)
         return out
 
-    async def recruit(self, messages: Sequence[ChatMessage], k: int | None = None) -> Recruitment:
+    async def recruit(
+        self, messages: Sequence[ChatMessage], k: int | None = None
+    ) -> SkillRecruitment:
         """The top ``k`` experts (default ``top_k``) and the aggregator for their answers."""
         latest, context = await self.core.embed_conversation(messages)
         rows = latest[None] if context is None else np.stack([latest, context])
@@ -114,7 +114,7 @@ class SkillRouter:
         skills = tuple((self.skills[j], round(float(skill_proba[0][j]), 4)) for j in top)
         category_proba = self.core.artifact.category_proba(latest[None])[0]
         category = self.core.artifact.labels[int(np.argmax(category_proba))]
-        return Recruitment(
+        return SkillRecruitment(
             experts=recruits,
             skills=skills,
             category=category,

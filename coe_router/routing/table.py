@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from coe_router.catalog import Catalog
 from coe_router.errors import ModelNotFound
-from coe_router.experts.catalog import Catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.base import Router, RoutingDecision, build_router
 

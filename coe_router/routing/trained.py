@@ -16,6 +16,7 @@ import numpy as np
 from coe_router.errors import ConfigError
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array, ExpertProfiles, RouterArtifact
+from coe_router.routing.base import Candidate
 from coe_router.routing.context import is_follow_up, split_turns
 from coe_router.routing.encoder import AsyncEmbedder, Encoder, encoder_for
 
@@ -116,3 +117,11 @@ def expert_scores_from_categories(
     for p, label in zip(proba, labels, strict=True):
         out[index[expert_of[label]]] += p
     return out
+
+
+def ranked_alternatives(names: Sequence[str], scores: Array, chosen: str) -> tuple[Candidate, ...]:
+    """Every expert but ``chosen``, best score first, as a decision's alternatives."""
+    order = np.argsort(-scores)
+    return tuple(
+        Candidate(names[i], round(float(scores[i]), 4)) for i in order if names[i] != chosen
+    )

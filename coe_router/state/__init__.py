@@ -20,7 +20,7 @@ from coe_router.state.base import (
     admission,
     window_index,
 )
-from coe_router.state.guard import Background, StateGuard
+from coe_router.state.guard import Background, StateGuard, StoreAccess
 from coe_router.state.memory import MemoryStore
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "MemoryStore",
     "StateGuard",
     "StateStore",
+    "StoreAccess",
     "WindowCounts",
     "admission",
     "connect_redis",

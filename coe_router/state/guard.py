@@ -18,10 +18,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from coe_router.errors import StateUnavailable
 from coe_router.metrics import Metrics
+from coe_router.state.base import StateStore
 
 log = logging.getLogger("coe_router.state")
 T = TypeVar("T")
@@ -142,3 +144,13 @@ class Background:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAccess:
+    """How a feature reaches the store: the store itself, the guard every call goes
+    through, and the background writer for fire-and-forget writes."""
+
+    store: StateStore
+    guard: StateGuard
+    background: Background

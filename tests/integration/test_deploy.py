@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from coe_router.catalog import Catalog, load_catalog
 from coe_router.config import Settings
-from coe_router.experts.catalog import Catalog, load_catalog
 from coe_router.routing.table import RoutingTable
 
 pytestmark = pytest.mark.integration

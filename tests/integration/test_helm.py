@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coe_router.experts.catalog import Catalog, load_catalog
+from coe_router.catalog import Catalog, load_catalog
 from coe_router.routing.table import RoutingTable
 from tests.integration.test_deploy import is_setting
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coe_router.experts.catalog import load_catalog
+from coe_router.catalog import load_catalog
 from coe_router.protocol import ChatMessage
 from coe_router.routing.category import CategoryRouter
 from coe_router.routing.encoder import SentenceTransformerEncoder

@@ -23,7 +23,7 @@ import yaml
 
 from coe_router.config import Settings
 from coe_router.gateway import create_app
-from coe_router.gateway.state import GatewayState
+from coe_router.gateway.context import AppContext
 from router_training import replay
 from tests.fakes import FakeVLLM
 from tests.integration.conftest import RedisServer
@@ -70,8 +70,8 @@ def fake() -> FakeVLLM:
     return FakeVLLM()
 
 
-def state_of(client: httpx.AsyncClient) -> GatewayState:
-    state: GatewayState = client.app.state.coe  # type: ignore[attr-defined]
+def state_of(client: httpx.AsyncClient) -> AppContext:
+    state: AppContext = client.app.state.coe  # type: ignore[attr-defined]
     return state
 
 

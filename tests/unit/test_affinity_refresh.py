@@ -6,8 +6,8 @@ import pytest
 
 from coe_router.config import AffinitySettings
 from coe_router.metrics import Metrics
-from coe_router.routing.affinity import Affinity
-from coe_router.state import Background, MemoryStore, StateGuard
+from coe_router.shared.affinity import Affinity
+from coe_router.state import Background, MemoryStore, StateGuard, StoreAccess
 
 pytestmark = pytest.mark.unit
 
@@ -29,8 +29,8 @@ async def test_a_sticky_conversation_is_refreshed_only_after_a_tenth_of_its_ttl(
     guard = StateGuard(metrics)
     background = Background(guard, metrics, max_pending=100, workers=1)
     background.start()
-    affinity = Affinity(AffinitySettings(ttl_s=600), store, guard, background, ["a", "b"],
-                        clock=lambda: now[0])  # fmt: skip
+    access = StoreAccess(store, guard, background)
+    affinity = Affinity(AffinitySettings(ttl_s=600), access, ["a", "b"], clock=lambda: now[0])
     try:
         for _ in range(5):  # the same expert, turn after turn
             affinity.remember("conv", "a")

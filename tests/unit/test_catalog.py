@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from coe_router.catalog import Catalog, load_catalog
 from coe_router.config import Settings
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog, load_catalog
 from coe_router.gateway import create_app
 from tests.unit.conftest import catalog_dict
 

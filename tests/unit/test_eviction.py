@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from coe_router.errors import UpstreamTimeout
-from coe_router.experts.eviction import (
+from coe_router.experts.tiering.eviction import (
     EVICTION_POLICIES,
     EvictionPolicy,
     FIFOPolicy,
@@ -15,8 +15,8 @@ from coe_router.experts.eviction import (
     LRUPolicy,
     ScorePolicy,
 )
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU
 from tests.unit.tier_fakes import Clock, FakeDriver, build, settle, wait_for
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from coe_router.catalog import Catalog, VirtualModelSpec
 from coe_router.errors import ConfigError
-from coe_router.experts.catalog import Catalog, VirtualModelSpec
 from coe_router.protocol import ChatMessage
 from coe_router.routing import ROUTER_CLS, RoutingDecision, build_router
 from coe_router.routing.keyword import KeywordRouter

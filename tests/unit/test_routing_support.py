@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from coe_router.experts.catalog import Catalog
+from coe_router.catalog import Catalog
 from coe_router.routing.artifact import RouterArtifact
 from coe_router.routing.encoder import Array, normalize
 from router_training.data import Example

@@ -17,8 +17,8 @@ import pytest
 from coe_router.config import Settings
 from coe_router.errors import StateUnavailable
 from coe_router.gateway import create_app
-from coe_router.gateway.ratelimit import key_id
-from coe_router.gateway.state import GatewayState
+from coe_router.gateway.context import AppContext
+from coe_router.shared.ratelimit import key_id
 from coe_router.state import MemoryStore, StateStore, WindowCounts
 from tests.fakes import FakeVLLM, Received, chunk
 from tests.unit.conftest import CODE, catalog_dict, openai_error
@@ -33,8 +33,8 @@ def chat(content: str | list[dict[str, str]], model: str = "coe", **extra: Any) 
     return {"model": model, "messages": messages, **extra}
 
 
-def state_of(client: httpx.AsyncClient) -> GatewayState:
-    state: GatewayState = client.app.state.coe  # type: ignore[attr-defined]
+def state_of(client: httpx.AsyncClient) -> AppContext:
+    state: AppContext = client.app.state.coe  # type: ignore[attr-defined]
     return state
 
 

@@ -652,8 +652,8 @@ async def test_non_streamed_synthesis_stops_when_the_client_leaves(
 
 
 def test_the_catalog_rejects_an_unknown_configured_aggregator(tmp_path: Path) -> None:
+    from coe_router.catalog import load_catalog
     from coe_router.errors import ConfigError
-    from coe_router.experts.catalog import load_catalog
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(three_experts(aggregator="nobody")))

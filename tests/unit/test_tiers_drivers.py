@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from coe_router.config import UpstreamSettings
 from coe_router.errors import UpstreamBadResponse, UpstreamUnavailable
-from coe_router.experts.eviction import LRUPolicy
 from coe_router.experts.replica import Replica
-from coe_router.experts.residency import ProcessDriver, VLLMSleepDriver
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.drivers import ProcessDriver, VLLMSleepDriver
+from coe_router.experts.tiering.eviction import LRUPolicy
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica, as_dict
 from tests.unit.tier_fakes import settle
 

@@ -15,14 +15,14 @@ import httpx
 import pytest
 
 from coe_router.config import UpstreamSettings
-from coe_router.experts.eviction import LRUPolicy
 from coe_router.experts.replica import Replica
-from coe_router.experts.residency import VLLMSleepDriver
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.drivers import VLLMSleepDriver
+from coe_router.experts.tiering.eviction import LRUPolicy
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from coe_router.metrics import Metrics
+from coe_router.shared.tier_table import SharedTierTable
 from coe_router.state import MemoryStore, StateGuard
-from coe_router.state.tier_table import SharedTierTable
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 
 pytestmark = pytest.mark.unit

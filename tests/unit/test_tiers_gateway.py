@@ -52,7 +52,7 @@ async def test_concurrent_requests_for_a_cold_expert_share_one_wake(make_gateway
     assert wake_ups(gw.replica("a")) == [
         "POST /wake_up?tags=weights", "POST /collective_rpc", "POST /wake_up?tags=kv_cache",
     ]  # fmt: skip
-    e = gw.tiers.experts["a"]
+    e = gw.scheduler.experts["a"]
     assert (e.tier.value, e.in_flight, e.wakes, len(e.waiters)) == ("hot", 0, 1, 0)
     assert gw.fleet.gpu.violations == []
 
@@ -66,7 +66,7 @@ async def test_requests_swap_experts_within_the_budget(make_gateway: Build) -> N
     assert [content_of(r) for r in resps] == [f"{m} says hi" for m in models]
     assert gw.fleet.gpu.violations == []
     assert gw.fleet.gpu.peak_gb["gpu0"] <= 17
-    assert all(e.in_flight == 0 for e in gw.tiers.experts.values())
+    assert all(e.in_flight == 0 for e in gw.scheduler.experts.values())
 
 
 async def test_a_stream_request_releases_the_expert(make_gateway: Build) -> None:
@@ -75,8 +75,8 @@ async def test_a_stream_request_releases_the_expert(make_gateway: Build) -> None
     # slot on the tiered pool is handed back once the response is over.
     resp = await gw.client.post("/v1/chat/completions", json=chat("a", stream=True))
     await resp.aread()
-    assert gw.tiers.experts["a"].tier.value == "hot"
-    assert gw.tiers.experts["a"].in_flight == 0
+    assert gw.scheduler.experts["a"].tier.value == "hot"
+    assert gw.scheduler.experts["a"].in_flight == 0
 
 
 async def test_a_failed_wake_is_a_503_for_every_waiter_then_fast_then_retried(
@@ -89,7 +89,7 @@ async def test_a_failed_wake_is_a_503_for_every_waiter_then_fast_then_retried(
         error = openai_error(r, 503)
         assert error["code"] == "expert_unavailable"
         assert "failed to wake" in error["message"]
-    e = gw.tiers.experts["a"]
+    e = gw.scheduler.experts["a"]
     assert e.wake_failures == 1
     calls = len(wake_ups(gw.replica("a")))
     # During the backoff: a fast 503, without touching the expert.
@@ -116,7 +116,7 @@ async def test_queue_timeout_is_a_504_and_the_pinned_expert_stays(make_gateway: 
     )  # fmt: skip
     error = openai_error(await gw.client.post("/v1/chat/completions", json=chat("b")), 504)
     assert error["code"] == "upstream_timeout"
-    assert gw.tiers.experts["a"].tier.value == "hot"
+    assert gw.scheduler.experts["a"].tier.value == "hot"
     assert gw.replica("a").calls.count("POST /sleep?level=1&mode=wait") == 0
     assert content_of(await gw.client.post("/v1/chat/completions", json=chat("a"))) == "a says hi"
 
@@ -147,13 +147,13 @@ async def test_a_client_that_hangs_up_while_waiting_leaks_nothing(make_gateway: 
         "state": {},
     }  # fmt: skip
     call = asyncio.create_task(gw.app(scope, receive, send))
-    e = gw.tiers.experts["a"]
+    e = gw.scheduler.experts["a"]
     await wait_for(lambda: len(e.waiters) == 1)
     disconnect.set()
     await call
     assert messages[0]["status"] == 499
     assert (e.in_flight, len(e.waiters)) == (0, 0)
-    await settle(gw.tiers)
+    await settle(gw.scheduler)
     assert e.in_flight == 0
     assert content_of(await gw.client.post("/v1/chat/completions", json=chat("a"))) == "a says hi"
 
@@ -172,10 +172,10 @@ async def test_a_failed_sleep_keeps_the_expert_serving(make_gateway: Build) -> N
         queue_timeout_s=0.2, failure_backoff_s=30.0,
     )  # fmt: skip
     b = asyncio.create_task(gw.client.post("/v1/chat/completions", json=chat("b")))
-    await wait_for(lambda: "sleep failed" in gw.tiers.experts["a"].last_error)
+    await wait_for(lambda: "sleep failed" in gw.scheduler.experts["a"].last_error)
     assert content_of(await gw.client.post("/v1/chat/completions", json=chat("a"))) == "a says hi"
     openai_error(await b, 504)
-    assert gw.tiers.experts["a"].tier.value == "hot"
+    assert gw.scheduler.experts["a"].tier.value == "hot"
     assert gw.fleet.gpu.violations == []
 
 
@@ -255,7 +255,7 @@ async def test_admin_routes_need_the_admin_key(make_gateway: Build) -> None:
     wrong = {"authorization": "Bearer nope"}
     assert (await gw.client.post("/admin/experts/a/wake", headers=wrong)).status_code in (401, 403)
     assert (await gw.client.get("/admin/experts", headers=wrong)).status_code in (401, 403)
-    assert gw.tiers.experts["a"].tier.value == "cold"
+    assert gw.scheduler.experts["a"].tier.value == "cold"
     assert wake_ups(gw.replica("a")) == []
 
 

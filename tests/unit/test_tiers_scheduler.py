@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coe_router.errors import UpstreamTimeout, UpstreamUnavailable
-from coe_router.experts.eviction import EVICTION_POLICIES, LRUPolicy
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.eviction import EVICTION_POLICIES, LRUPolicy
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU
 from tests.unit.tier_fakes import Clock, FakeDriver, build, settle, wait_for
 
@@ -174,13 +174,13 @@ async def _run_workload(w: dict[str, object]) -> None:
         # What the scheduler counts covers what the GPU actually holds.
         assert gpu.used_gb.get("gpu0", 0.0) <= used + 1e-9, (where, gpu.used_gb, used)
 
-    original = sched._schedule
+    original = sched.reschedule
 
     def checked_schedule() -> None:
         original()
         check("schedule")
 
-    sched._schedule = checked_schedule  # type: ignore[method-assign]
+    sched.reschedule = checked_schedule  # type: ignore[method-assign]
     for d in drivers.values():
         d.on_wake = lambda d: check(f"wake {d.name}")
 

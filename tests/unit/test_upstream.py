@@ -18,7 +18,7 @@ from coe_router.errors import UpstreamTimeout
 from coe_router.experts.breaker import CircuitBreaker
 from coe_router.experts.replica import Replica
 from coe_router.gateway import create_app
-from coe_router.gateway.sse import Relay
+from coe_router.sse import Relay
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, openai_error
 

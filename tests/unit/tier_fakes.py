@@ -22,9 +22,9 @@ import yaml
 from fastapi import FastAPI
 
 from coe_router.config import Settings, TierSettings
-from coe_router.experts.eviction import EvictionPolicy, LRUPolicy
-from coe_router.experts.scheduler import TierScheduler
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.eviction import EvictionPolicy, LRUPolicy
+from coe_router.experts.tiering.scheduler import TierScheduler
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from coe_router.gateway import create_app
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 
@@ -145,10 +145,10 @@ async def settle(sched: TierScheduler, rounds: int = 50) -> None:
     """Let every transition the scheduler started finish (and those they start)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
-        tasks = list(sched._tasks)
+        tasks = sched.transition_tasks
         if not tasks:
             await asyncio.sleep(0)
-            if not sched._tasks:
+            if not sched.transition_tasks:
                 return
             continue
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -176,8 +176,8 @@ class Gateway:
     fleet: FakeSleepFleet
 
     @property
-    def tiers(self) -> TierScheduler:
-        tiers = self.app.state.coe.pool.tiers
+    def scheduler(self) -> TierScheduler:
+        tiers = self.app.state.coe.pool.scheduler
         assert tiers is not None
         return tiers  # type: ignore[no-any-return]
 

@@ -5,7 +5,7 @@
     cold  weights dropped (vLLM sleep level 2) or the process not running
 
 A :class:`ResidencyDriver` moves one expert between tiers; the scheduler
-(:mod:`coe_router.experts.scheduler`) decides when.
+(:mod:`coe_router.experts.tiering.scheduler`) decides when.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 class Tier(StrEnum):
@@ -160,6 +160,28 @@ class ExpertResidency:
     def wake_estimate(self, from_tier: Tier) -> float:
         """Expected seconds to wake from ``from_tier``: measured if known, else the default."""
         return self.wake_s.get(from_tier, DEFAULT_WAKE_ESTIMATE_S[from_tier])
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """Its tier, load and wake statistics, for the admin view."""
+        return {
+            "tier": self.tier.value,
+            "transition": self.transition,
+            "draining": self.draining,
+            "pinned": self.pinned,
+            "device": self.device,
+            "memory_gb": self.memory_gb,
+            "in_flight": self.in_flight,
+            "waiting": len(self.waiters),
+            "last_used_s_ago": (
+                None if math.isinf(self.last_used) else round(now - self.last_used, 3)
+            ),
+            "uses": self.uses,
+            "wakes": self.wakes,
+            "sleeps": self.sleeps,
+            "wake_failures": self.wake_failures,
+            "wake_s": {t.value: round(s, 3) for t, s in self.wake_s.items()},
+            "last_error": self.last_error or None,
+        }
 
     def record_wake(self, from_tier: Tier, seconds: float) -> None:
         """Fold a measured wake time into the estimate (EWMA, alpha 0.3)."""

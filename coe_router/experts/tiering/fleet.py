@@ -1,7 +1,7 @@
 """One truth for several gateways: tier changes under the fleet's device lease.
 
-Each gateway runs its own :class:`~coe_router.experts.scheduler.TierScheduler`. With a
-:class:`~coe_router.experts.tiers.TierCoordinator` (the shared store's tier table), every
+Each gateway runs its own :class:`~coe_router.experts.tiering.scheduler.TierScheduler`. With a
+:class:`~coe_router.experts.tiering.tiers.TierCoordinator` (the shared store's tier table), every
 wake or sleep runs while this gateway holds its device's lease: first the local view of
 that device is brought up to date from the shared table (another gateway may have woken
 or evicted experts meanwhile), then the change is re-checked against the budget with that
@@ -20,9 +20,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from coe_router.experts.tiers import ExpertResidency, SharedTier, Tier, TierCoordinator
+from coe_router.experts.tiering.tiers import ExpertResidency, SharedTier, Tier, TierCoordinator
 
-log = logging.getLogger("coe_router.experts.tiers")
+log = logging.getLogger("coe_router.experts.tiering.tiers")
 
 
 class FleetTiers:

@@ -32,7 +32,7 @@ from coe_router.config import AffinitySettings
 from coe_router.errors import StateUnavailable
 from coe_router.protocol import ChatMessage
 from coe_router.routing.base import RoutingDecision, message_text
-from coe_router.state import Background, StateGuard, StateStore
+from coe_router.state import StoreAccess
 
 #: Longest client-given conversation id that counts (the protocol caps it at this too).
 _MAX_ID = 256
@@ -61,17 +61,13 @@ class Affinity:
     def __init__(
         self,
         settings: AffinitySettings,
-        store: StateStore,
-        guard: StateGuard,
-        background: Background,
+        access: StoreAccess,
         experts: Collection[str],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._experts = frozenset(experts)
-        self._store = store
-        self._guard = guard
-        self._background = background
+        self._access = access
         self._clock = clock
         #: conversation -> (expert, when this gateway last wrote it), most recent last.
         self._written: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -87,8 +83,8 @@ class Affinity:
         """The decision to follow and its outcome (``sticky``, ``moved``, ``new``), or the
         router's decision and None when the store cannot be read."""
         try:
-            raw = await self._guard.call(
-                "affinity_get", lambda: self._store.get(f"affinity:{conversation}")
+            raw = await self._access.guard.call(
+                "affinity_get", lambda: self._access.store.get(f"affinity:{conversation}")
             )
         except StateUnavailable:
             return decision, None
@@ -126,7 +122,7 @@ class Affinity:
         while len(self._written) > _MEMO_SIZE:
             self._written.popitem(last=False)
         value = expert.encode()
-        self._background.submit(
+        self._access.background.submit(
             "affinity_set",
-            lambda: self._store.set(f"affinity:{conversation}", value, self._settings.ttl_s),
+            lambda: self._access.store.set(f"affinity:{conversation}", value, self._settings.ttl_s),
         )

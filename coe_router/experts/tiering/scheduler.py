@@ -27,18 +27,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Literal
 
 from coe_router.errors import UpstreamTimeout, UpstreamUnavailable
-from coe_router.experts.eviction import EvictionPolicy
-from coe_router.experts.fleet import FleetTiers
-from coe_router.experts.tiers import ExpertResidency, Tier, TierCoordinator, Waiter
-from coe_router.experts.transitions import Transitions
+from coe_router.experts.tiering.eviction import EvictionPolicy
+from coe_router.experts.tiering.fleet import FleetTiers
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier, TierCoordinator, Waiter
+from coe_router.experts.tiering.transitions import Transitions
 from coe_router.metrics import Metrics
 
-log = logging.getLogger("coe_router.experts.tiers")
+log = logging.getLogger("coe_router.experts.tiering.tiers")
 
 SchedulingMode = Literal["grouped", "fifo"]
 
 
-class TierScheduler(Transitions):
+class TierScheduler:
     """Owns every expert's tier on the devices of one gateway."""
 
     def __init__(
@@ -70,8 +70,13 @@ class TierScheduler(Transitions):
         self.failure_backoff_s = failure_backoff_s
         self._metrics = metrics
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
         self._timers: list[asyncio.TimerHandle] = []
+        #: Carries out the wakes and sleeps this scheduler decides on.
+        self._transitions = Transitions(
+            host=self, budgets_gb=self.budgets_gb, wake_timeout_s=wake_timeout_s,
+            failure_backoff_s=failure_backoff_s, fleet=self._fleet,
+            sync_interval_s=sync_interval_s, metrics=metrics, clock=clock,
+        )  # fmt: skip
         #: Set (and replaced) after every scheduling round, for waiters on state changes.
         self._changed = asyncio.Event()
         for e in self.experts.values():
@@ -113,9 +118,8 @@ class TierScheduler(Transitions):
         e.waiters.append(waiter)
         if self.mode == "grouped":
             # Promotion to "starving" must not wait for the next release or transition.
-            self._timers = [t for t in self._timers if t.when() > loop.time()]
-            self._timers.append(loop.call_later(self.max_wait_s, self._schedule))
-        self._schedule()
+            self.reschedule_in(self.max_wait_s)
+        self.reschedule()
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout_s)
         except TimeoutError:
@@ -140,7 +144,7 @@ class TierScheduler(Transitions):
         e = self.experts[name]
         e.in_flight -= 1
         e.last_used = self._clock()
-        self._schedule()
+        self.reschedule()
 
     # --- admin -----------------------------------------------------------------------------
 
@@ -160,7 +164,7 @@ class TierScheduler(Transitions):
         if e.tier != Tier.HOT and e.transition is None:
             return
         e.draining = True
-        self._schedule()
+        self.reschedule()
         while e.transition is not None or e.draining:
             await self._changed.wait()
         if e.tier == Tier.HOT:
@@ -169,7 +173,7 @@ class TierScheduler(Transitions):
     def pin(self, name: str, pinned: bool) -> None:
         """Pin (never evict) or unpin ``name``."""
         self.experts[name].pinned = pinned
-        self._schedule()
+        self.reschedule()
 
     def expected_wake_s(self, name: str) -> float:
         """Seconds before ``name`` could serve a new request (0 when hot or unmanaged)."""
@@ -208,11 +212,11 @@ class TierScheduler(Transitions):
                 if used + e.memory_gb <= budget:
                     used += e.memory_gb
                 else:
-                    self._start_sleep(e)
+                    self._transitions.start_sleep(e)
         if self._fleet is not None:
             self._fleet.apply(await self._fleet.table())
-            self._spawn(self._sync_loop(), "tier-sync")
-        self._publish()
+            self._transitions.spawn(self._sync_loop(), "tier-sync")
+        self.publish_state()
 
     async def _sync_loop(self) -> None:
         """Keep the view of settled experts within ``sync_interval_s`` of the fleet's table."""
@@ -220,7 +224,7 @@ class TierScheduler(Transitions):
         while True:
             await asyncio.sleep(self._sync_interval_s)
             if self._fleet.apply(await self._fleet.table()):
-                self._schedule()
+                self.reschedule()
 
     def prewarm(self) -> None:
         """Start waking, per device, the experts that fit: pinned first, then in order."""
@@ -232,18 +236,16 @@ class TierScheduler(Transitions):
             ]
             for e in sorted(asleep, key=lambda e: not e.pinned):  # stable: catalog order
                 if self.used_gb(device) + e.memory_gb <= budget + 1e-9:
-                    self._start_wake(e)
-        self._publish()
+                    self._transitions.start_wake(e)
+        self.publish_state()
 
     async def aclose(self) -> None:
         """Cancel transitions in progress and fail whoever still waits."""
         for timer in self._timers:
             timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._transitions.aclose()
         for e in self.experts.values():
-            self._fail_waiters(e, UpstreamUnavailable("the gateway is shutting down"))
+            self.fail_waiters(e, UpstreamUnavailable("the gateway is shutting down"))
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -267,14 +269,17 @@ class TierScheduler(Transitions):
         )  # fmt: skip
         return c.memory_gb <= self.budgets_gb[c.device] - pinned + 1e-9
 
-    def _schedule(self) -> None:
-        """Grant what can be granted, start wakes and evictions. Never awaits."""
+    def reschedule(self) -> None:
+        """Grant what can be granted, start wakes and evictions. Never awaits.
+
+        Called after every arrival, release and transition, and by timers (starvation).
+        """
         now = self._clock()
         for e in self.experts.values():
             if e.serving and e.waiters:
                 self._grant(e, now)
             if e.draining and e.in_flight == 0 and e.transition is None and e.tier == Tier.HOT:
-                self._start_sleep(e)
+                self._transitions.start_sleep(e)
         blocked: set[str] = set()
         for c in self._wake_order(now):
             if c.device in blocked:
@@ -282,14 +287,14 @@ class TierScheduler(Transitions):
             budget = self.budgets_gb[c.device]
             free = budget - self.used_gb(c.device)
             if c.memory_gb <= free + 1e-9:
-                self._start_wake(c)
+                self._transitions.start_wake(c)
                 continue
             if not self._can_fit(c):
                 continue
             # Later candidates on this device must not take the memory this one waits for.
             blocked.add(c.device)
             self._make_room(c, c.memory_gb - free, now)
-        self._publish()
+        self.publish_state()
 
     def _grant(self, e: ExpertResidency, now: float) -> None:
         while e.waiters:
@@ -342,11 +347,10 @@ class TierScheduler(Transitions):
             coming += e.memory_gb
             e.draining = True
             if e.in_flight == 0:
-                self._start_sleep(e)
+                self._transitions.start_sleep(e)
 
-    # --- helpers ---------------------------------------------------------------------------
-
-    def _fail_waiters(self, e: ExpertResidency, exc: Exception) -> None:
+    def fail_waiters(self, e: ExpertResidency, exc: Exception) -> None:
+        """Fail every request waiting for ``e`` with ``exc``."""
         while e.waiters:
             waiter = e.waiters.popleft()
             if not waiter.future.done():
@@ -357,13 +361,25 @@ class TierScheduler(Transitions):
             e.waiters.remove(waiter)
         if not waiter.future.done():
             waiter.future.cancel()
-        self._schedule()
+        self.reschedule()
+
+    def reschedule_in(self, delay_s: float) -> None:
+        """Schedule again after ``delay_s`` (a back-off ended, a waiter may starve)."""
+        loop = asyncio.get_running_loop()
+        self._timers = [t for t in self._timers if t.when() > loop.time()]
+        self._timers.append(loop.call_later(delay_s, self.reschedule))
+
+    @property
+    def transition_tasks(self) -> list[asyncio.Task[None]]:
+        """Wakes, sleeps and the sync loop still running (tests wait for them to settle)."""
+        return self._transitions.tasks
 
     def _observe_wait(self, e: ExpertResidency, seconds: float) -> None:
         if self._metrics is not None:
             self._metrics.queue_wait.labels(e.name).observe(seconds)
 
-    def _publish(self) -> None:
+    def publish_state(self) -> None:
+        """Wake whoever waits on a state change; export tiers and budgets as metrics."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         m = self._metrics

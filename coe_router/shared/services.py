@@ -7,21 +7,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from coe_router.catalog import Catalog
 from coe_router.config import Settings
 from coe_router.errors import StateUnavailable
-from coe_router.experts.catalog import Catalog
-from coe_router.gateway.cache import ResponseCache
-from coe_router.gateway.ratelimit import RateLimiter
 from coe_router.metrics import Metrics
-from coe_router.routing.affinity import Affinity
-from coe_router.routing.decision_log import DecisionLog
-from coe_router.state import Background, StateGuard, StateStore, open_store
+from coe_router.shared.affinity import Affinity
+from coe_router.shared.cache import ResponseCache
+from coe_router.shared.decision_log import DecisionLog
+from coe_router.shared.ratelimit import RateLimiter
+from coe_router.state import Background, StateGuard, StateStore, StoreAccess, open_store
 
 log = logging.getLogger("coe_router.state")
 
 
 @dataclass
-class SharedState:
+class SharedServices:
     """The store and every use of it the request path needs."""
 
     store: StateStore
@@ -34,9 +34,9 @@ class SharedState:
 
 
 @asynccontextmanager
-async def open_shared_state(
+async def open_shared_services(
     settings: Settings, catalog: Catalog, metrics: Metrics, store: StateStore | None = None
-) -> AsyncIterator[SharedState]:
+) -> AsyncIterator[SharedServices]:
     """Open the store chosen by ``settings`` (or use ``store``) and build its uses.
 
     An unreachable Redis does not stop start-up: the gateway serves without shared state
@@ -58,16 +58,15 @@ async def open_shared_state(
             log.warning("state store %s unreachable at start-up (%s); serving without it "
                         "until it answers", store.kind, exc)  # fmt: skip
         background.start()
-        yield SharedState(
+        access = StoreAccess(store, guard, background)
+        yield SharedServices(
             store=store,
             guard=guard,
             background=background,
-            limiter=RateLimiter(settings.rate_limits, store, guard, background, metrics),
-            cache=ResponseCache(catalog, settings.cache, store, guard, background, metrics),
-            affinity=Affinity(
-                settings.affinity, store, guard, background, [e.name for e in catalog.experts]
-            ),
-            decisions=DecisionLog(settings.decision_log, store, background),
+            limiter=RateLimiter(settings.rate_limits, access, metrics),
+            cache=ResponseCache(catalog, settings.cache, access, metrics),
+            affinity=Affinity(settings.affinity, access, [e.name for e in catalog.experts]),
+            decisions=DecisionLog(settings.decision_log, access),
         )
     finally:
         try:

@@ -9,18 +9,32 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from coe_router.experts.tiers import ExpertResidency
+from coe_router.experts.tiering.tiers import ExpertResidency
 
 
 class EvictionPolicy(Protocol):
-    """Ranks awake experts; the lowest ``keep_score`` is evicted first."""
+    """Ranks awake experts; the lowest ``keep_score`` is evicted first.
+
+    Every policy is built the same way, ``cls(recency_tau_s=...)``, whether it uses the
+    parameter or not, so the pool and the benchmarks construct any of them by name.
+    """
+
+    def __init__(self, recency_tau_s: float = 30.0) -> None: ...
 
     def keep_score(self, expert: ExpertResidency, now: float) -> float:
         """How much keeping ``expert`` awake is worth now."""
         ...
 
 
-class FIFOPolicy:
+class _Policy:
+    """The shared constructor."""
+
+    def __init__(self, recency_tau_s: float = 30.0) -> None:
+        #: Time constant of recency decay (only :class:`ScorePolicy` weighs it).
+        self.recency_tau_s = recency_tau_s
+
+
+class FIFOPolicy(_Policy):
     """Evict whatever was woken earliest (swap-on-demand, as llama-swap does)."""
 
     def keep_score(self, expert: ExpertResidency, now: float) -> float:
@@ -28,7 +42,7 @@ class FIFOPolicy:
         return expert.woke_at
 
 
-class LRUPolicy:
+class LRUPolicy(_Policy):
     """Evict the least recently used expert."""
 
     def keep_score(self, expert: ExpertResidency, now: float) -> float:
@@ -36,7 +50,7 @@ class LRUPolicy:
         return expert.last_used
 
 
-class LFUPolicy:
+class LFUPolicy(_Policy):
     """Evict the least frequently used expert (all-time request count)."""
 
     def keep_score(self, expert: ExpertResidency, now: float) -> float:
@@ -44,7 +58,7 @@ class LFUPolicy:
         return expert.uses + expert.last_used * 1e-12
 
 
-class ScorePolicy:
+class ScorePolicy(_Policy):
     """Recency * frequency * wake cost (after HybriMoE's score-based caching).
 
     An expert is worth keeping when it was used recently (``exp(-age / tau)``),
@@ -52,12 +66,9 @@ class ScorePolicy:
     bring back (its estimated wake time from the tier it would fall to).
     """
 
-    def __init__(self, recency_tau_s: float = 30.0) -> None:
-        self._tau = recency_tau_s
-
     def keep_score(self, expert: ExpertResidency, now: float) -> float:
         """Recency * frequency * wake cost."""
-        recency = math.exp(-max(0.0, now - expert.last_used) / self._tau)
+        recency = math.exp(-max(0.0, now - expert.last_used) / self.recency_tau_s)
         frequency = expert.rate(now)
         return recency * (frequency + 1e-3) * max(expert.wake_estimate(expert.evict_tier), 1e-3)
 

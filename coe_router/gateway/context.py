@@ -6,16 +6,18 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from coe_router.catalog import Catalog
 from coe_router.config import Settings
-from coe_router.experts.catalog import Catalog
 from coe_router.experts.pool import ExpertPool
-from coe_router.gateway.shared import SharedState
+from coe_router.lifecycle import LifecycleServices
 from coe_router.metrics import Metrics
+from coe_router.routing.placement import Placement
 from coe_router.routing.table import RoutingTable
+from coe_router.shared.services import SharedServices
 
 
 @dataclass
-class GatewayState:
+class AppContext:
     """Per-app objects; the lifespan creates them and closes what needs closing."""
 
     settings: Settings
@@ -24,10 +26,14 @@ class GatewayState:
     metrics: Metrics
     pool: ExpertPool
     #: The state store and its uses (rate limits, cache, affinity, decision log).
-    shared: SharedState
+    shared: SharedServices
+    #: Routing with affinity, wake cost and the decision log.
+    placement: Placement
+    #: What every request's lifecycle talks to.
+    lifecycle: LifecycleServices
 
 
-def gateway_state(request: Request) -> GatewayState:
-    """The app's :class:`GatewayState` (set by the lifespan)."""
-    state: GatewayState = request.app.state.coe
-    return state
+def app_context(request: Request) -> AppContext:
+    """The app's :class:`AppContext` (set by the lifespan)."""
+    context: AppContext = request.app.state.coe
+    return context

@@ -1,4 +1,11 @@
-"""Server-sent events: relaying an expert's stream, with errors sent in-band."""
+"""Server-sent events, independent of HTTP: framing, relaying an expert's stream, tapping it.
+
+* :func:`sse_event` / :data:`DONE`: ``data: {json}\n\n`` ... ``data: [DONE]\n\n``;
+* :func:`data_events`: the ``data:`` payloads of an SSE byte stream;
+* :class:`Relay`: whole upstream events passed on as they complete, errors sent in-band;
+* :class:`StreamTap`: a bounded copy for the response cache and the usage for token limits,
+  read on the side without buffering the stream.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,9 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
 from coe_router.errors import UpstreamBadResponse, UpstreamError
 from coe_router.experts.expert import UpstreamStream
+from coe_router.protocol import usage_tokens
 
 DONE = b"data: [DONE]\n\n"
 #: What ends an event: a blank line, in any of the three line-ending styles SSE allows.
@@ -20,25 +25,6 @@ _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 def sse_event(payload: dict[str, Any]) -> bytes:
     """One ``data: {json}`` event."""
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-class SSEResponse(StreamingResponse):
-    """A streaming response that always closes its iterator, even when the client vanishes.
-
-    Starlette cancels the sending task on disconnect; the generator may then sit
-    suspended at a ``yield`` until garbage collection. Closing it here releases
-    the upstream connection at once, which makes vLLM abort the generation.
-    """
-
-    media_type = "text/event-stream"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 class Relay:
@@ -134,3 +120,67 @@ async def data_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
 def _complete_events(buffer: bytes) -> int:
     """Length of the prefix of ``buffer`` made of whole events (0 when none ends yet)."""
     return max((i + len(sep) for sep in _EVENT_ENDS if (i := buffer.rfind(sep)) >= 0), default=0)
+
+
+class StreamTap:
+    """Relay wrapper: copy (bounded), read usage, optionally hide the usage chunk."""
+
+    def __init__(self, relay: Relay, *, capture_limit: int | None, hide_usage: bool) -> None:
+        self._relay = relay
+        self._limit = capture_limit
+        self._hide_usage = hide_usage
+        self._parts: list[bytes] | None = [] if capture_limit is not None else None
+        self._size = 0
+        #: ``usage.total_tokens`` of the stream, once its usage chunk went by.
+        self.tokens: int | None = None
+        self._events = self._run()
+
+    @property
+    def captured(self) -> bytes | None:
+        """Everything sent to the client, or None when not capturing or over the limit."""
+        return None if self._parts is None else b"".join(self._parts)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Close the relay (and with it the upstream stream)."""
+        await self._events.aclose()
+        await self._relay.aclose()
+
+    async def _run(self) -> AsyncGenerator[bytes, None]:
+        async for data in self._relay:
+            if b'"usage"' in data:
+                data = self._read_usage(data)
+            if self._parts is not None and self._limit is not None:
+                self._size += len(data)
+                if self._size > self._limit:
+                    self._parts = None  # too big to cache: stop copying
+                else:
+                    self._parts.append(data)
+            if data:
+                yield data
+
+    def _read_usage(self, data: bytes) -> bytes:
+        # The relay yields whole events; vLLM separates them with a blank line ("\n\n").
+        events = data.split(b"\n\n")
+        kept: list[bytes] = []
+        for event in events:
+            obj = _json_of(event) if b'"usage"' in event else None
+            tokens = usage_tokens(obj)
+            if tokens is not None:
+                self.tokens = tokens
+                if self._hide_usage and isinstance(obj, dict) and obj.get("choices") == []:
+                    continue
+            kept.append(event)
+        return b"\n\n".join(kept)
+
+
+def _json_of(event: bytes) -> object:
+    line = event.strip()
+    if not line.startswith(b"data:"):
+        return None
+    try:
+        return json.loads(line[5:])
+    except ValueError:
+        return None

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coe_router.errors import ConfigError
+from coe_router.protocol import AggregationStrategy
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -111,7 +112,7 @@ class SynthesisSpec(_Strict):
     """Multi-expert synthesis on by default for a virtual model (e.g. ``coe-synth``)."""
 
     k: int | None = Field(default=None, ge=1)
-    strategy: Literal["synthesize", "vote", "best"] | None = None
+    strategy: AggregationStrategy | None = None
     #: The expert that merges the answers; default: the router's choice.
     aggregator: str | None = None
 

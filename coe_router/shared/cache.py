@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Response
-
+from coe_router.catalog import Catalog
 from coe_router.config import CacheSettings
 from coe_router.errors import StateUnavailable
-from coe_router.experts.catalog import Catalog
-from coe_router.gateway.sse import SSEResponse
 from coe_router.metrics import Metrics
-from coe_router.state import Background, StateGuard, StateStore
+from coe_router.state import StoreAccess
 
 #: Request fields that never change the answer.
 _IGNORED = frozenset({"coe", "user", "stream"})
@@ -78,16 +74,12 @@ class ResponseCache:
         self,
         catalog: Catalog,
         settings: CacheSettings,
-        store: StateStore,
-        guard: StateGuard,
-        background: Background,
+        access: StoreAccess,
         metrics: Metrics,
     ) -> None:
         self._ttl = {v.name: v.cache_ttl_s for v in catalog.virtual_models if v.cache_ttl_s}
         self._settings = settings
-        self._store = store
-        self._guard = guard
-        self._background = background
+        self._access = access
         self._metrics = metrics
 
     @property
@@ -113,7 +105,9 @@ class ResponseCache:
     async def lookup(self, plan: CachePlan) -> CachedAnswer | None:
         """The stored answer, or None (a miss, or the store is failing)."""
         try:
-            raw = await self._guard.call("cache_get", lambda: self._store.get(plan.key))
+            raw = await self._access.guard.call(
+                "cache_get", lambda: self._access.store.get(plan.key)
+            )
         except StateUnavailable:
             return None
         entry = CachedAnswer.decode(raw) if raw is not None else None
@@ -125,21 +119,6 @@ class ResponseCache:
         if len(entry.body) > self._settings.max_entry_bytes:
             return
         data = entry.encode()
-        self._background.submit("cache_set", lambda: self._store.set(plan.key, data, plan.ttl_s))
-
-
-def replay(entry: CachedAnswer, headers: dict[str, str]) -> Response:
-    """Answer from the cache: JSON as it was, or the stream event by event."""
-    out = {**entry.headers, **headers, "x-coe-cache": "hit"}
-    if entry.kind == "json":
-        return Response(entry.body, media_type="application/json", headers=out)
-    return SSEResponse(
-        _events(entry.body), headers={**out, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    )
-
-
-async def _events(body: bytes) -> AsyncIterator[bytes]:
-    # One event per write, as the expert sent them; a client sees a normal stream.
-    for event in body.split(b"\n\n"):
-        if event:
-            yield event + b"\n\n"
+        self._access.background.submit(
+            "cache_set", lambda: self._access.store.set(plan.key, data, plan.ttl_s)
+        )

@@ -1,6 +1,6 @@
 """The tier table several gateways share: a lease per device and fenced tier writes.
 
-Implements :class:`~coe_router.experts.tiers.TierCoordinator` on any
+Implements :class:`~coe_router.experts.tiering.tiers.TierCoordinator` on any
 :class:`StateStore`. The lease ``tier-device:<device>`` serializes tier changes on a
 device across the fleet; each change is written to the table ``tiers`` with the lease's
 fencing token, so a gateway whose lease expired (a long pause, a partition) cannot
@@ -18,7 +18,7 @@ import socket
 import uuid
 
 from coe_router.errors import StateUnavailable
-from coe_router.experts.tiers import SharedTier, Tier
+from coe_router.experts.tiering.tiers import SharedTier, Tier
 from coe_router.state.base import StateStore
 from coe_router.state.guard import StateGuard
 

@@ -18,27 +18,15 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any
-
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from dataclasses import dataclass
 
 from coe_router.config import KeyLimits, RateLimitSettings
 from coe_router.errors import RateLimited, StateUnavailable
 from coe_router.metrics import Metrics
-from coe_router.state import Admission, Background, StateGuard, StateStore, admission, window_index
+from coe_router.state import Admission, StoreAccess, admission, window_index
 
 #: Caller id when no bearer key is sent (an open gateway): one shared budget.
 ANONYMOUS = "anonymous"
-
-
-def caller_id(request: Request) -> str:
-    """A stable, non-secret id of the request's API key: never store the key itself."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return ANONYMOUS
-    return key_id(token)
 
 
 def key_id(key: str) -> str:
@@ -73,38 +61,15 @@ def limit_headers(adm: Admission) -> dict[str, str]:
     return headers
 
 
-def usage_tokens(obj: Any) -> int | None:
-    """``usage.total_tokens`` (or prompt + completion) of a response or chunk, if present."""
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-    ints = [p for p in parts if isinstance(p, int) and not isinstance(p, bool)]
-    return sum(ints) if ints else None
-
-
+@dataclass(frozen=True, slots=True)
 class RateLimiter:
     """Admits or refuses requests per API key; counts their tokens afterwards."""
 
-    def __init__(
-        self,
-        settings: RateLimitSettings,
-        store: StateStore,
-        guard: StateGuard,
-        background: Background,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._guard = guard
-        self._background = background
-        self._metrics = metrics
-        # Wall-clock time: every gateway of a fleet must agree on window boundaries.
-        self._clock = clock
+    _settings: RateLimitSettings
+    _access: StoreAccess
+    _metrics: Metrics
+    # Wall-clock time: every gateway of a fleet must agree on window boundaries.
+    _clock: Callable[[], float] = time.time
 
     def limits_for(self, kid: str) -> KeyLimits:
         """The limits of the key with id ``kid``."""
@@ -125,9 +90,11 @@ class RateLimiter:
             return None
         now = self._clock()
         try:
-            counts = await self._guard.call(
+            counts = await self._access.guard.call(
                 "rate_limit",
-                lambda: self._store.hit(kid, now, limits.requests_per_min, limits.tokens_per_min),
+                lambda: self._access.store.hit(
+                    kid, now, limits.requests_per_min, limits.tokens_per_min
+                ),
             )
         except StateUnavailable as exc:
             if self._settings.on_store_error == "closed":
@@ -155,13 +122,6 @@ class RateLimiter:
         if not tokens or not self.counts_tokens(kid):
             return
         now = self._clock()
-        self._background.submit(
-            "rate_limit_tokens", lambda: self._store.add_tokens(kid, now, tokens)
+        self._access.background.submit(
+            "rate_limit_tokens", lambda: self._access.store.add_tokens(kid, now, tokens)
         )
-
-
-async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
-    """Handler for :class:`RateLimited` and :class:`StateUnavailable`: the OpenAI body plus
-    the error's own headers (``retry-after``, ``x-ratelimit-*``)."""
-    assert isinstance(exc, RateLimited | StateUnavailable)
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)

@@ -29,7 +29,7 @@ import httpx
 from coe_router.errors import UpstreamBadResponse, map_httpx_exceptions
 from coe_router.experts.process import LocalProcess
 from coe_router.experts.replica import Replica
-from coe_router.experts.tiers import Tier
+from coe_router.experts.tiering.tiers import Tier
 
 
 class VLLMSleepDriver:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from coe_router.config import DecisionLogSettings
 from coe_router.protocol import ChatMessage
 from coe_router.routing.base import RoutingDecision, message_text
-from coe_router.state import Background, StateStore
+from coe_router.state import StoreAccess
 
 #: Name of the log in the store.
 LOG_NAME = "decisions"
@@ -48,12 +48,9 @@ def prompt_of(messages: Sequence[ChatMessage], max_chars: int) -> str:
 class DecisionLog:
     """Appends routing decisions to the store, fire-and-forget."""
 
-    def __init__(
-        self, settings: DecisionLogSettings, store: StateStore, background: Background
-    ) -> None:
+    def __init__(self, settings: DecisionLogSettings, access: StoreAccess) -> None:
         self._settings = settings
-        self._store = store
-        self._background = background
+        self._access = access
 
     @property
     def enabled(self) -> bool:
@@ -88,4 +85,6 @@ class DecisionLog:
             "conversation": conversation or "",
         }
         cap = self._settings.max_entries
-        self._background.submit("decision_log", lambda: self._store.append(LOG_NAME, entry, cap))
+        self._access.background.submit(
+            "decision_log", lambda: self._access.store.append(LOG_NAME, entry, cap)
+        )

