@@ -68,18 +68,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from coe_router import tracing
     from coe_router.gateway import create_app
 
     settings = _settings(args)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=5,
-    )
+    # The OTEL_* variables decide; off (and opentelemetry never imported) unless they ask.
+    tracer = tracing.configure()
+    try:
+        uvicorn.run(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            log_level=settings.server.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        tracer.shutdown()  # export what is still batched
     return 0
 
 

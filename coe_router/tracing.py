@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
@@ -44,6 +45,7 @@ SpanKind: TypeAlias = Literal["internal", "server", "client"]
 REQUEST = "coe.request"
 VALIDATE = "coe.validate"
 ROUTE = "coe.route"
+ENCODE = "coe.route.encode"
 AFFINITY = "coe.affinity"
 TIER_ACQUIRE = "coe.tier.acquire"
 EXPERT_CALL = "coe.expert.call"
@@ -84,6 +86,11 @@ class Span(Protocol):
         span as the parent of the receiver's work."""
         ...
 
+    def current(self) -> AbstractContextManager[None]:
+        """Make the span current for a block without ending it (an exception that escapes
+        still marks it failed): for a span that something else ends later."""
+        ...
+
     def __enter__(self) -> Span: ...
 
     def __exit__(
@@ -108,6 +115,10 @@ class _NoopSpan:
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """No trace to propagate."""
 
+    def current(self) -> AbstractContextManager[None]:
+        """Nothing to make current."""
+        return _NOOP_BLOCK
+
     def __enter__(self) -> _NoopSpan:
         return self
 
@@ -118,6 +129,7 @@ class _NoopSpan:
 
 
 NOOP_SPAN = _NoopSpan()
+_NOOP_BLOCK = nullcontext()
 
 
 class _LiveSpan:
@@ -157,6 +169,19 @@ class _LiveSpan:
         from opentelemetry import propagate, trace
 
         propagate.inject(headers, context=trace.set_span_in_context(self._span))
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        from opentelemetry import context, trace
+
+        token = context.attach(trace.set_span_in_context(self._span))
+        try:
+            yield
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+        finally:
+            context.detach(token)
 
     def __enter__(self) -> _LiveSpan:
         from opentelemetry import context, trace
@@ -352,6 +377,12 @@ def set_routing(
     span.set("coe.confidence", confidence)
     span.set("coe.strategy", strategy)
     span.set("coe.encoder_ms", encoder_ms)
+
+
+def encoder_span(texts: int, computed: int) -> Span:
+    """Embedding ``computed`` of ``texts`` texts (the others were cached) for a trained
+    router; set ``coe.encoder_ms``."""
+    return _active.start(ENCODE, {"coe.encoder.texts": texts, "coe.encoder.computed": computed})
 
 
 def affinity_span(tool_loop: bool) -> Span:

@@ -90,6 +90,8 @@ class MessageStream:
         self.stop_sequence: str | None = None
         #: The error that ended the stream early, if one did.
         self.failed: CoEError | None = None
+        #: Whether the whole message went out (``message_stop`` included).
+        self.complete = False
         self._reported_out: int | None = None
         self._next_block = 0
         self._open: int | None = None  # the open block's index
@@ -144,6 +146,7 @@ class MessageStream:
             usage["cache_read_input_tokens"] = self.cached_in
         delta = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
         yield event("message_delta", {"delta": delta, "usage": usage})
+        self.complete = True
         yield event("message_stop", {})
 
     def _message_start(self, openai_id: object) -> bytes:

@@ -1,4 +1,8 @@
-"""Bearer API keys: optional for inference, always required for admin routes."""
+"""API keys: optional for inference, always required for admin routes.
+
+A key comes as ``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key: <key>``
+(Anthropic's); the bearer token wins when both are sent.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ from coe_router.gateway.context import app_context
 from coe_router.shared.ratelimit import ANONYMOUS, key_id
 
 
-def _bearer(request: Request) -> str | None:
+def _api_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def _matches(token: str, secret: str) -> bool:
@@ -26,10 +32,11 @@ async def require_api_key(request: Request) -> None:
     auth = app_context(request).settings.auth
     if not auth.api_keys:
         return
-    token = _bearer(request)
+    token = _api_key(request)
     if token is None:
         raise AuthenticationError(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            code="missing_api_key",
         )
     secrets = [k.get_secret_value() for k in auth.api_keys]
     if auth.admin_key is not None:
@@ -47,7 +54,7 @@ async def require_admin(request: Request) -> None:
             "The admin API is disabled: set COE_AUTH__ADMIN_KEY to enable it.",
             code="admin_disabled",
         )
-    token = _bearer(request)
+    token = _api_key(request)
     if token is None:
         raise AuthenticationError(
             "Missing admin key: send 'Authorization: Bearer <admin key>'.", code="missing_api_key"
@@ -58,8 +65,5 @@ async def require_admin(request: Request) -> None:
 
 def caller_id(request: Request) -> str:
     """A stable, non-secret id of the request's API key: never store the key itself."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return ANONYMOUS
-    return key_id(token)
+    token = _api_key(request)
+    return ANONYMOUS if token is None else key_id(token)
