@@ -7,9 +7,9 @@ that never made the call, which has to reconstruct the plan from the transcript 
 may not even support the tool format. So a request is *in a tool loop* when its latest
 assistant message called tools and the conversation has not yet moved past it:
 
-* the last message is a tool result (``role: "tool"``), or tool results follow that
-  assistant message (a Messages request may add the user's text after its
-  ``tool_result`` blocks, which translation puts after the tool messages);
+* tool results (``role: "tool"``, or the legacy ``"function"``) follow that assistant
+  message, last or followed by the user's text (a Messages request may add text after
+  its ``tool_result`` blocks; translation puts it after the tool messages);
 * or the last message is that assistant message itself (the client continues it).
 
 A new user turn after the expert's final answer ends the loop: the latest assistant
@@ -22,6 +22,9 @@ from collections.abc import Sequence
 
 from coe_router.protocol import ChatMessage
 
+#: Roles that carry a tool's result (``function``: OpenAI's legacy function calling).
+_RESULTS = ("tool", "function")
+
 
 def in_tool_loop(messages: Sequence[ChatMessage]) -> bool:
     """Whether ``messages`` continue a tool call (see the module docstring)."""
@@ -32,9 +35,9 @@ def in_tool_loop(messages: Sequence[ChatMessage]) -> bool:
         if not _calls_tools(message):
             return False
         after = messages[i + 1 :]
-        return not after or any(m.role == "tool" for m in after)
+        return not after or any(m.role in _RESULTS for m in after)
     # No assistant message: a lone tool result still belongs to someone's call.
-    return bool(messages) and messages[-1].role == "tool"
+    return bool(messages) and messages[-1].role in _RESULTS
 
 
 def _calls_tools(message: ChatMessage) -> bool:
