@@ -295,10 +295,19 @@ def configure(
     if exporter is None and not names:
         _active = _DISABLED
         return _active
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-
+    try:
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    except ImportError:
+        # Asked for but not installed: say how to get it, and serve without traces.
+        log.error(
+            "tracing is configured (%s) but OpenTelemetry is not installed: "
+            "pip install 'coe-router[otel]'; tracing stays off",
+            ", ".join(names),
+        )
+        _active = _DISABLED
+        return _active
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "coe-router"}))

@@ -193,3 +193,14 @@ def test_fail_with_a_message_and_end_twice(spans: InMemorySpanExporter) -> None:
     (span,) = spans.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == "client closed the stream"
+
+
+def test_asked_for_but_not_installed_stays_off_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.resources", None)  # import fails
+    try:
+        assert not tracing.configure({"OTEL_TRACES_EXPORTER": "console"}).enabled
+    finally:
+        tracing.reset()
+    assert "coe-router[otel]" in caplog.text
