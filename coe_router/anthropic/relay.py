@@ -1,5 +1,8 @@
-"""An expert's stream, relayed to a Messages client as Anthropic events, with the request's
-bookkeeping: the Messages counterpart of :meth:`RequestLifecycle.relay`.
+"""OpenAI chat streams re-framed as Anthropic events for a Messages client.
+
+:class:`MessagesRelay`: an expert's stream, with the request's bookkeeping (the Messages
+counterpart of :meth:`RequestLifecycle.relay`). :class:`TranslatedStream`: a stream whose
+producer keeps its own bookkeeping (a synthesis), only re-framed.
 
 The upstream bytes go through the same :class:`~coe_router.sse.Relay` as a chat stream
 (whole events, time to first token, errors in-band), are parsed into chunks and translated
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from coe_router.anthropic.stream import MessageStream
 from coe_router.errors import UpstreamBadResponse
@@ -21,6 +24,51 @@ from coe_router.experts.expert import UpstreamStream
 from coe_router.lifecycle import RequestLifecycle
 from coe_router.shared.cache import CachedAnswer
 from coe_router.sse import Relay, data_events
+
+
+class ByteStream(Protocol):
+    """An SSE byte stream that can be stopped early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Stop it and release what feeds it."""
+        ...
+
+
+async def parsed_chunks(stream: ByteStream) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON objects of an OpenAI SSE stream, up to ``[DONE]``; then the rest of the
+    stream is read too, so its producer sees it end (and reports its outcome)."""
+    async for data in data_events(stream):
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamBadResponse("the expert sent an event that is not JSON") from None
+        if isinstance(chunk, dict):
+            yield chunk
+    async for _ in stream:
+        pass
+
+
+class TranslatedStream:
+    """An OpenAI SSE stream (a synthesis answer) as Anthropic events; closing it closes
+    the inner stream, whose producer does the bookkeeping."""
+
+    def __init__(self, inner: ByteStream, *, model: str, stop_sequences: list[str] | None) -> None:
+        self._inner = inner
+        self.messages = MessageStream(
+            parsed_chunks(inner), model=model, stop_sequences=stop_sequences
+        )
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.messages.__aiter__()
+
+    async def aclose(self) -> None:
+        """Stop translating and close the inner stream (idempotent)."""
+        try:
+            await self.messages.aclose()
+        finally:
+            await self._inner.aclose()
 
 
 class MessagesRelay:
@@ -44,7 +92,9 @@ class MessagesRelay:
         self._outcome = "499"
         self._finished = False
         self._relay = Relay(upstream, on_first_byte=lifecycle.first_byte, on_end=self._relay_end)
-        self.messages = MessageStream(self._chunks(), model=model, stop_sequences=stop_sequences)
+        self.messages = MessageStream(
+            parsed_chunks(self._relay), model=model, stop_sequences=stop_sequences
+        )
         self._events = self._run()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -57,18 +107,6 @@ class MessagesRelay:
 
     def _relay_end(self, status: str) -> None:
         self._outcome = status
-
-    async def _chunks(self) -> AsyncGenerator[dict[str, Any], None]:
-        async for data in data_events(self._relay):
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise UpstreamBadResponse("the expert sent an event that is not JSON") from None
-            if isinstance(chunk, dict):
-                yield chunk
-        # Past [DONE]: let the relay see the end of the upstream stream (its outcome).
-        async for _ in self._relay:
-            pass
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
         try:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from coe_router.anthropic.errors import error_body
 from coe_router.anthropic.translate import json_object, message_id, stop_reason, tool_input
@@ -51,6 +51,16 @@ def error_event(status: int, message: str) -> bytes:
     return event("error", {"error": error_body(status, message)["error"]})
 
 
+class ChunkSource(Protocol):
+    """Parsed OpenAI chunks that can be stopped early (an async generator is one)."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None:
+        """Stop producing and release what feeds the chunks."""
+        ...
+
+
 @dataclass
 class _ToolCall:
     """A tool call being streamed: OpenAI sends its id and name first, then arguments."""
@@ -62,17 +72,17 @@ class _ToolCall:
 
 
 class MessageStream:
-    """Translate an async iterable of OpenAI chat chunks (parsed JSON objects) to Anthropic
-    stream events (bytes), one choice (index 0).
+    """Translate OpenAI chat chunks (parsed JSON objects) to Anthropic stream events
+    (bytes), one choice (index 0).
 
     After iteration, :attr:`usage_in`, :attr:`usage_out`, :attr:`stop_reason` and
     :attr:`failed` describe the answer (for token limits and metrics). Closing the
-    translator closes ``chunks`` when it has an ``aclose``.
+    translator closes ``chunks``.
     """
 
     def __init__(
         self,
-        chunks: AsyncIterable[dict[str, Any]],
+        chunks: ChunkSource,
         *,
         model: str,
         stop_sequences: list[str] | None = None,
@@ -105,9 +115,7 @@ class MessageStream:
     async def aclose(self) -> None:
         """Stop: close the event generator and the chunk source."""
         await self._events.aclose()
-        aclose = getattr(self._chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self._chunks.aclose()
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
         started = False

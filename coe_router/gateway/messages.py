@@ -3,8 +3,10 @@
 A Messages request is routed exactly like a chat completion, through the same
 placement (router, affinity, tool loops, wake cost, decision log), rate limits, response
 cache and :class:`~coe_router.lifecycle.RequestLifecycle`; the body is translated to the
-expert's OpenAI chat API and the answer back (:mod:`coe_router.anthropic`). Errors on
-these routes take Anthropic's shape (:mod:`coe_router.gateway.handlers`).
+expert's OpenAI chat API and the answer back (:mod:`coe_router.anthropic`). A request
+that asks for synthesis takes the chat path's panel (:mod:`coe_router.gateway.synthesis`)
+and its answer is re-framed. Errors on these routes take Anthropic's shape
+(:mod:`coe_router.gateway.handlers`).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from fastapi.responses import JSONResponse
 from coe_router import tracing
 from coe_router.aggregation.plan import plan_synthesis
 from coe_router.anthropic.count import estimate, exact, tokenize_body
-from coe_router.anthropic.relay import MessagesRelay
+from coe_router.anthropic.relay import MessagesRelay, TranslatedStream
 from coe_router.anthropic.translate import from_openai, openai_messages, to_openai
 from coe_router.anthropic.types import CountTokensRequest, MessagesRequest, TokenCount
-from coe_router.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from coe_router.errors import UpstreamError, UpstreamUnavailable
 from coe_router.gateway.auth import caller_id, require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.context import AppContext, app_context
 from coe_router.gateway.disconnect import until_disconnect
 from coe_router.gateway.headers import coe_info, routing_headers
 from coe_router.gateway.responses import SSEResponse, replay
+from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
 from coe_router.protocol import ChatCompletionRequest, ChatMessage
@@ -65,15 +68,10 @@ async def _messages(
     span.set("gen_ai.request.model", req.model)
     span.set("coe.stream", bool(req.stream))
     as_chat = ChatCompletionRequest.model_validate({**forward, "coe": req.coe})
-    if plan_synthesis(as_chat, ctx.catalog, ctx.settings.synthesis) is not None:
-        raise InvalidRequest(
-            "Synthesis (several experts per answer) is served on /v1/chat/completions only; "
-            'on /v1/messages send "coe": {"synthesis": false} or name one expert.',
-            param="coe.synthesis",
-        )
+    plan = plan_synthesis(as_chat, ctx.catalog, ctx.settings.synthesis)
     caller = caller_id(request)
-    keyed = {k: v for k, v in body.items() if k != "metadata"}
-    cache = shared.cache.plan(req.model, {"api": _CACHE_API, **keyed}, bool(req.stream), caller)
+    keyed = {"api": _CACHE_API, **{k: v for k, v in body.items() if k != "metadata"}}
+    cache = None if plan else shared.cache.plan(req.model, keyed, bool(req.stream), caller)
     if cache is None:
         quota, hit = await shared.limiter.admit(caller), None
     else:
@@ -92,7 +90,15 @@ async def _messages(
         span=span,
     )  # fmt: skip
     try:
-        response = await _answer(request, ctx, req, forward, placed.decision, lifecycle, headers)
+        if plan is not None:  # several experts answer; the chat path's answer, re-framed
+            merged = await synthesis_response(
+                request, ctx, as_chat, forward, placed.decision, plan, lifecycle, headers
+            )
+            response = _as_message(merged, req)
+        else:
+            response = await _answer(
+                request, ctx, req, forward, placed.decision, lifecycle, headers
+            )
     except ClientDisconnected:
         response = Response(status_code=int(CLIENT_CLOSED))
     return response, lifecycle
@@ -132,6 +138,24 @@ async def _answer(
         payload = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
     lifecycle.completed(result, payload, routing)
     return Response(payload, media_type="application/json", headers=headers)
+
+
+def _as_message(response: Response, req: MessagesRequest) -> Response:
+    """A synthesis answer (a chat completion or its stream) as a Message or its events."""
+    headers = {k: v for k, v in response.headers.items() if k.startswith("x-")}
+    if isinstance(response, SSEResponse):
+        events = TranslatedStream(
+            response.stream, model=req.model, stop_sequences=req.stop_sequences
+        )
+        return SSEResponse(events, headers=headers)
+    if response.status_code != 200:
+        return response
+    result = json.loads(bytes(response.body))
+    out = from_openai(result, model=req.model, stop_sequences=req.stop_sequences)
+    payload = out.model_dump(mode="json")
+    payload["coe"] = result.get("coe")
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.post("/v1/messages/count_tokens", dependencies=[Depends(require_api_key)])

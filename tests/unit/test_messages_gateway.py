@@ -262,13 +262,46 @@ async def test_an_expert_failing_mid_stream_ends_with_an_error_event(
     assert 'status="200"' not in counted
 
 
-async def test_synthesis_is_refused_with_a_clear_message(client: httpx.AsyncClient) -> None:
-    resp = await client.post(
-        "/v1/messages",
-        json={"model": "coe", "max_tokens": 8, "messages": user("hi"), "coe": {"synthesis": True}},
-    )
-    assert resp.status_code == 400
-    assert "chat/completions" in resp.json()["error"]["message"]
+async def test_synthesis_answers_as_one_message(
+    client: httpx.AsyncClient, fake: ToolCallingVLLM
+) -> None:
+    raw = await claude(client).messages.with_raw_response.create(
+        model="coe", max_tokens=16, messages=user("write a poem"),
+        extra_body={"coe": {"synthesis": True, "k": 2}},
+    )  # fmt: skip
+    assert raw.headers["x-coe-strategy"] == "synthesis-synthesize"
+    assert set(raw.headers["x-coe-experts"].split(",")) == {"general", "code"}
+    message = await raw.parse()
+    assert message.content[0].type == "text"
+    assert message.content[0].text  # the aggregator's answer
+    assert message.usage.output_tokens > 0
+    coe = json.loads(raw.http_response.text)["coe"]
+    assert {e["expert"] for e in coe["experts"]} == {"general", "code"}
+    # Every panel member and the aggregator got the translated (OpenAI) request.
+    assert len(fake.received) == 3
+    assert all(r.body["max_tokens"] == 16 for r in fake.received[:2])
+
+
+async def test_synthesis_streams_as_anthropic_events(
+    client: httpx.AsyncClient, fake: ToolCallingVLLM
+) -> None:
+    async with claude(client).messages.stream(
+        model="coe",
+        max_tokens=16,
+        messages=user("write a poem"),
+        extra_body={"coe": {"synthesis": True, "k": 2}},
+    ) as stream:
+        texts = [t async for t in stream.text_stream]
+        final = await stream.get_final_message()
+        assert stream.response.headers["x-coe-strategy"] == "synthesis-synthesize"
+    assert "".join(texts)
+    assert final.content[0].type == "text"
+    assert final.content[0].text == "".join(texts)
+    assert final.stop_reason == "end_turn"
+    metrics = (await client.get("/metrics")).text
+    (counted,) = [line for line in metrics.splitlines() if line.startswith("coe_requests_total")]
+    assert 'status="200"' in counted
+    assert 'strategy="synthesis-synthesize"' in counted
 
 
 # --- cache ------------------------------------------------------------------------------------
