@@ -166,3 +166,28 @@ async def test_without_tracing_no_traceparent_is_sent(make_gateway: Build) -> No
     assert resp.status_code == 200
     (upstream,) = [r for r in seen[0].requests if r.url.path == "/v1/chat/completions"]
     assert "traceparent" not in upstream.headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_synthesis_traces_its_panel_under_one_span(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, stream: bool
+) -> None:
+    resp = await client.post("/v1/chat/completions", json={
+        "model": "coe", "stream": stream, "coe": {"synthesis": True, "k": 2},
+        "messages": [{"role": "user", "content": "write a poem"}]})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    finished = spans.get_finished_spans()
+    (root,) = [s for s in finished if s.name == tracing.REQUEST]
+    (synthesis,) = [s for s in finished if s.name == tracing.SYNTHESIS]
+    calls = [s for s in finished if s.name == tracing.EXPERT_CALL]
+    assert synthesis.parent is not None
+    assert synthesis.parent.span_id == root.context.span_id
+    attrs = dict(synthesis.attributes or {})
+    assert set(attrs["coe.synthesis.panel"]) == {"general", "code"}  # type: ignore[arg-type]
+    assert attrs["coe.synthesis.aggregator"] in ("general", "code")
+    # Two panel answers and the aggregator's merge, all under the synthesis span.
+    assert len(calls) == 3
+    assert {c.parent.span_id for c in calls if c.parent} == {synthesis.context.span_id}
+    assert root.end_time is not None
+    assert synthesis.end_time is not None
+    assert root.end_time >= synthesis.end_time
