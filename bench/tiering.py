@@ -1,7 +1,7 @@
-"""Tiered expert pool under load: swap-on-demand FIFO vs LRU vs ours vs all-awake.
+"""Tiered expert pool under load: swap-on-demand FIFO vs LRU vs llama-swap vs ours vs all-awake.
 
-Replays one synthetic trace through the real pool code and compares scheduling and
-eviction policies on it, in one run:
+Replays synthetic traces through the real pool code and compares scheduling and
+eviction policies on them, in one run:
 
 * **Real pool code**: :class:`~coe_router.experts.scheduler.TierScheduler` (acquire,
   release, wake, drain, evict) drives :class:`~coe_router.experts.residency.
@@ -21,8 +21,16 @@ eviction policies on it, in one run:
   name     scheduler    eviction     what it is
   ======== ============ ============ ===============================================
   fifo     ``fifo``     FIFOPolicy   swap on demand in arrival order, evict the
-                                     expert loaded earliest (llama-swap style)
+                                     expert loaded earliest (llama-swap before #790)
   lru      ``fifo``     LRUPolicy    the same, evict the least recently used
+  llama_   collate      matrix       llama-swap's scheduler as of PR #790, ported in
+  swap                  evict_costs  ``bench/collation.py`` (not the real pool code):
+                                     a request for a loaded expert goes straight in,
+                                     one for a loading expert joins its load, the rest
+                                     queue in arrival order and start a swap once the
+                                     expert it would evict is idle (ABCABC is served
+                                     AABBCC); evict the cheapest by ``evict_costs``;
+                                     no starvation bound
   ours     ``grouped``  ScorePolicy  wake the expert with the most waiters, admit
                                      its whole group, drain a busy expert only for
                                      a request waiting ``--max-wait-s``; evict by
@@ -33,7 +41,9 @@ eviction policies on it, in one run:
 
 * **Start state**: every expert was loaded once at start-up (woken from cold in catalog
   order through the pool, so all but the last K sleep at ``--sleep-level``); then the
-  trace starts. Warm-up wakes are not counted.
+  trace starts. Warm-up wakes are not counted. ``llama_swap`` is given the same start
+  state (``CollationScheduler.preload``) and drives the same drivers, fake replicas and
+  :class:`FakeGPU`, so its wakes and sleeps take the same time.
 * **Virtual time**: the run happens on :class:`bench.virtual_time.VirtualTimeLoop`, an
   asyncio loop whose clock jumps to the next timer instead of waiting, so hours of trace
   replay in seconds. The scheduler gets ``clock=loop.time``; the fakes sleep with
@@ -63,9 +73,20 @@ seeded random order of the experts and sends a geometric number of requests (mea
 replay is open-loop: arrival times do not depend on the policy. Output lengths are
 lognormal (median ``--median-tokens``, sigma 0.8, clipped to 16..2048).
 
+Starvation trace (``make_starvation_trace``, replayed after the Zipf one unless
+``--starvation-s 0``): each of the K experts awake at the start gets a request every
+second for ``--starvation-s`` seconds, each generating for about three seconds, so
+every slot always has requests in flight; the cold expert ``e0`` gets three requests
+spread over that time. Pure collation never evicts a busy expert and lets every new
+request for a loaded one in, so the cold requests wait until the hot traffic stops;
+ours drains a busy expert once a request has waited ``--max-wait-s``, which bounds the
+cold wait by ``max_wait_s`` + the drained expert's longest request + its sleep + the
+cold expert's wake (:func:`starvation_bound_s`).
+
 Metrics per policy: throughput (completed requests / makespan, from the first arrival to
-the last completion), p50/p99 end-to-end latency (queue + wake + generation), mean and
-p99 wait for the expert (queue + wake), switches (wakes during the trace), sleeps,
+the last completion), p50/p99 end-to-end latency (queue + wake + generation), mean, p99
+and maximum wait for the expert (queue + wake; the maximum also counts requests that
+failed, until they failed), switches (wakes during the trace), sleeps,
 hot-hit rate (requests whose expert was hot and serving on arrival), errors (a request
 that waited ``--queue-timeout-s`` gets a 504 from the real gateway) and budget
 violations (from FakeGPU; the run fails if any).
@@ -75,10 +96,12 @@ Usage::
     python bench/tiering.py                      # N=8, K=2, Zipf(1.1), 8B profile
     python bench/tiering.py --profile small      # Qwen3-0.6B timings
     python bench/tiering.py --quick --json       # a smoke run; the last line is JSON
+    python bench/tiering.py --policies llama_swap,llama_swap_pop,ours  # cost ablation
 
 The last stdout line with ``--json`` is one object: ``{"params": {...}, "policies":
-{"fifo": {...}, "lru": {...}, "ours": {...}, "all_awake": {...}}, "checks": {...},
-"runtime_s": ...}``.
+{"fifo": {...}, "lru": {...}, "llama_swap": {...}, "ours": {...}, "all_awake": {...}},
+"checks": {...}, "starvation": {"params": {...}, "policies": {... each with
+"cold_max_wait_s"}, "checks": {...}} (null with --starvation-s 0), "runtime_s": ...}``.
 """
 
 from __future__ import annotations
@@ -411,7 +434,7 @@ class PolicySpec:
 
 POLICIES: list[PolicySpec] = [
     PolicySpec("fifo", "fifo", "fifo", description="swap on demand, arrival order, "
-               "evict earliest loaded (llama-swap)"),
+               "evict earliest loaded (llama-swap before its PR #790)"),
     PolicySpec("lru", "fifo", "lru", description="swap on demand, arrival order, evict LRU"),
     PolicySpec("llama_swap", "fifo", "matrix", kind="llama_swap",
                description="llama-swap's scheduler: collate by model, oldest group first, "
