@@ -1,8 +1,8 @@
 """llama-swap's collating scheduler, ported to the tiering bench (a baseline, bench only).
 
 ``bench/tiering.py`` replays its traces through this as the ``llama_swap`` policy, on
-the same virtual-time loop, with the same :class:`~coe_router.experts.tiers.
-ExpertResidency` objects and the same :class:`~coe_router.experts.residency.
+the same virtual-time loop, with the same :class:`~coe_router.experts.tiering.tiers.
+ExpertResidency` objects and the same :class:`~coe_router.experts.tiering.drivers.
 VLLMSleepDriver` calls into the same fake vLLM replicas as the real pool: only the
 decisions (which request goes in, which expert sleeps, which wakes) are llama-swap's.
 
@@ -60,7 +60,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coe_router.errors import UpstreamTimeout, UpstreamUnavailable
-from coe_router.experts.tiers import ExpertResidency, Tier
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class _Swap:
 class CollationScheduler:
     """llama-swap's FIFO scheduler with collation, over the bench's expert residencies.
 
-    Offers what the bench's replay uses of :class:`~coe_router.experts.scheduler.
+    Offers what the bench's replay uses of :class:`~coe_router.experts.tiering.scheduler.
     TierScheduler`: ``experts``, ``start``, ``hold``, ``aclose``. Decisions run
     synchronously in the event loop (llama-swap's single run loop); swaps run as tasks.
     """

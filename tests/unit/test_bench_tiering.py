@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 
 from bench.collation import CollationScheduler, Matrix
 from bench.tiering import (
@@ -36,7 +37,6 @@ from bench.tiering import (
     starvation_bound_s,
 )
 from bench.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop
-from coe_router.experts.tiers import ExpertResidency, Tier
 
 pytestmark = pytest.mark.unit
 
