@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 
 from bench.collation import CollationScheduler, Matrix
 from bench.tiering import (
@@ -37,6 +36,7 @@ from bench.tiering import (
     starvation_bound_s,
 )
 from bench.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 
 pytestmark = pytest.mark.unit
 
