@@ -304,6 +304,31 @@ async def test_synthesis_streams_as_anthropic_events(
     assert 'strategy="synthesis-synthesize"' in counted
 
 
+async def test_messages_count_against_token_limits_and_get_anthropic_429s(
+    make_client: Callable[..., Any],
+) -> None:
+    client = await make_client(rate_limits={"tokens_per_min": 10})
+    settle = client.app.state.coe.shared.background.drain  # type: ignore[attr-defined]
+    body = {"model": "coe", "max_tokens": 8, "messages": user("write a poem")}
+    key = {"x-api-key": "k"}  # the anthropic client below sends the same key as a bearer
+    # Streams are charged too: 3 chunks each (the fake sends no usage), 0 -> 3 -> 6 -> 9.
+    for _ in range(3):
+        assert (
+            await client.post("/v1/messages", json={**body, "stream": True}, headers=key)
+        ).status_code == 200
+        await settle()
+    assert (await client.post("/v1/messages", json=body, headers=key)).status_code == 200
+    await settle()  # 9 -> 15
+    refused = await client.post("/v1/messages", json=body, headers=key)
+    assert refused.status_code == 429
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert "retry-after" in refused.headers
+    with pytest.raises(anthropic.RateLimitError):
+        await claude(client).messages.create(**body)
+
+
 # --- cache ------------------------------------------------------------------------------------
 
 
