@@ -30,6 +30,10 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
+from coe_router.tracing_export import build_exporter as build_exporter
+from coe_router.tracing_export import build_provider
+from coe_router.tracing_export import wanted_exporters as wanted_exporters
+
 if TYPE_CHECKING:  # the SDK is imported only when tracing is turned on
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -52,7 +56,6 @@ EXPERT_CALL = "coe.expert.call"
 SYNTHESIS = "coe.synthesis"
 
 #: Exporter names of ``OTEL_TRACES_EXPORTER`` this module knows.
-_EXPORTERS = ("otlp", "console")
 
 
 class Span(Protocol):
@@ -264,22 +267,6 @@ def tracer() -> Tracer:
     return _active
 
 
-def wanted_exporters(environ: Mapping[str, str]) -> list[str]:
-    """The exporters the ``OTEL_*`` variables ask for; empty means tracing is off."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    named = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if named:
-        names = [n.strip() for n in named.split(",") if n.strip()]
-        if "none" in names:
-            return []
-        for unknown in [n for n in names if n not in _EXPORTERS]:
-            log.warning("OTEL_TRACES_EXPORTER: unknown exporter %r ignored", unknown)
-        return [n for n in names if n in _EXPORTERS]
-    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    return ["otlp"] if any(environ.get(e, "").strip() for e in endpoints) else []
-
-
 def configure(
     environ: Mapping[str, str] | None = None, *, exporter: SpanExporter | None = None
 ) -> Tracer:
@@ -291,32 +278,8 @@ def configure(
     global _active
     _active.shutdown()
     env = os.environ if environ is None else environ
-    names = [] if exporter is not None else wanted_exporters(env)
-    if exporter is None and not names:
-        _active = _DISABLED
-        return _active
-    try:
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    except ImportError:
-        # Asked for but not installed: say how to get it, and serve without traces.
-        log.error(
-            "tracing is configured (%s) but OpenTelemetry is not installed: "
-            "pip install 'coe-router[otel]'; tracing stays off",
-            ", ".join(names),
-        )
-        _active = _DISABLED
-        return _active
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: "coe-router"}))
-    provider = TracerProvider(resource=resource)
-    if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    for name in names:
-        provider.add_span_processor(BatchSpanProcessor(build_exporter(name, env)))
-    _active = Tracer(provider)
+    provider = build_provider(env, exporter)
+    _active = _DISABLED if provider is None else Tracer(provider)
     return _active
 
 
@@ -325,29 +288,6 @@ def reset() -> None:
     global _active
     _active.shutdown()
     _active = _DISABLED
-
-
-def build_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
-    """The span exporter ``name`` (``otlp`` or ``console``); OTLP over the protocol the
-    environment names, ``http/protobuf`` by default."""
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HTTPExporter,
-    )
-
-    return HTTPExporter()
 
 
 # --- the spans of a request -------------------------------------------------------------------

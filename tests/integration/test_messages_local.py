@@ -1,9 +1,6 @@
 """End to end: the official ``anthropic`` and ``openai`` clients, the gateway, real vLLM CPU
 experts. Messages streamed and not, count_tokens against vLLM's tokenizer, and tool loops
 (the Qwen coder's chat template supports tools) that stay on the expert that made the call.
-
-Named ``test_a_...`` so it runs before ``test_local_experts.py``, whose last test kills an
-expert of the shared session gateway.
 """
 
 from __future__ import annotations
