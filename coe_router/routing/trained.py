@@ -17,7 +17,8 @@ from coe_router.errors import ConfigError
 from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array, ExpertProfiles, RouterArtifact
 from coe_router.routing.context import is_follow_up, split_turns
-from coe_router.routing.encoder import AsyncEmbedder, Encoder, encoder_for
+from coe_router.routing.embedder import AsyncEmbedder
+from coe_router.routing.encoder import Encoder, encoder_for
 
 #: Options every trained strategy understands.
 COMMON_OPTIONS = frozenset(
