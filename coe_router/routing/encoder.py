@@ -209,6 +209,14 @@ def encoder_for(manifest_encoder: Mapping[str, Any], override: Encoder | None = 
     return factory(manifest_encoder)
 
 
+def kind_of(spec: str) -> str:
+    """The encoder kind of the model at ``spec``: ``static`` for a static encoder
+    directory, else ``sentence-transformers``."""
+    from coe_router.routing.static_encoder import is_static_encoder
+
+    return "static" if is_static_encoder(resolve_encoder_path(spec)) else "sentence-transformers"
+
+
 def describe_encoder(spec: str, long_text: str = "head_tail") -> tuple[Encoder, dict[str, Any]]:
     """Load the encoder at ``spec`` (a static encoder directory, else a sentence-transformers
     model) and the block a manifest records about it, so serving loads the same one."""

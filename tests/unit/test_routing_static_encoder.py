@@ -182,3 +182,14 @@ def test_shipped_default_router_pins_the_shipped_encoder() -> None:
     assert art.arrays["category_coef"].shape[1] == StaticEncoder(SHIPPED).dim
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
     assert size <= 10 * 1024 * 1024, f"the shipped encoder grew to {size} bytes"
+
+
+def test_encoder_option_switches_to_the_kind_of_the_model_it_names(tmp_path: Path) -> None:
+    """A static encoder named by the catalog replaces an artifact's MiniLM (same dim)."""
+    _enc, info = describe_encoder(STATIC_ENCODER)
+    minilm_info = {"kind": "sentence-transformers", "spec": "package:x/y", "dim": info["dim"]}
+    rows = _rows()
+    art = fit(rows, _enc.encode([r.prompt for r in rows]), minilm_info, FitConfig(fit_skills=False))
+    art.save(tmp_path / "r")
+    router = CategoryRouter(catalog(), {"artifact": str(tmp_path / "r"), "encoder": STATIC_ENCODER})
+    assert isinstance(router.core.encoder, StaticEncoder)
