@@ -382,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--source", default=DEFAULT_ENCODER, help="sentence-transformers model")
     d.add_argument("-o", "--output", type=Path, default=Path(STATIC_ENCODER))
-    d.add_argument("--dims", type=int, default=256, help="PCA dimensions")
+    d.add_argument("--dims", type=int, default=384, help="PCA dimensions (384: MiniLM's own)")
     d.add_argument("--sif", type=float, default=1e-4, help="SIF coefficient")
     d.set_defaults(run=cmd_distill_encoder)
 
