@@ -174,7 +174,11 @@ def build_default(
     log("loading sources")
     rows, source_stats = load_all(cache, log)
     encoder = encoder_factory()
-    emb_cache = cache_dir(cache, str(encoder_spec["spec"]), str(encoder_spec["long_text"]))
+    emb_cache = cache_dir(
+        cache,
+        str(encoder_spec.pop("cache_key", encoder_spec["spec"])),
+        str(encoder_spec["long_text"]),
+    )
     x = embed_all(encoder, [e.prompt for e in rows], cache=emb_cache)
     keep, teacher = teacher_filter(rows, x, config.C)
     rows, x = [rows[i] for i in keep], x[keep]

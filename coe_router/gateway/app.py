@@ -19,6 +19,7 @@ from coe_router.gateway.context import AppContext
 from coe_router.gateway.handlers import install_handlers
 from coe_router.lifecycle import LifecycleServices
 from coe_router.metrics import Metrics
+from coe_router.routing.embedder import shutdown_encoder_executor
 from coe_router.routing.placement import Placement
 from coe_router.routing.table import RoutingTable
 from coe_router.shared.services import open_shared_services
@@ -66,6 +67,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # The routers' encoder threads belong to the app: stopped last, on the way out.
+            stack.callback(shutdown_encoder_executor)
             # Opened first, closed last: queued state writes still land while the pool stops.
             shared = await stack.enter_async_context(
                 open_shared_services(settings, catalog, metrics, state_store)

@@ -53,12 +53,19 @@ _REFERS_BACK = frozenset(
 )  # fmt: skip
 
 
+#: Longer turns are never follow-ups (12 words of 40 characters each).
+_FOLLOW_UP_CHARS = 480
+
+
 def is_follow_up(text: str) -> bool:
     """A turn that only makes sense with the conversation: very short (under 4 words), or
     short (under 12) and pointing back. A classifier reads "thanks! can you make it
     shorter?" as writing with confidence 0.64, about as sure as of a real new writing
     request, so the decision whether to leave the conversation's expert cannot rest on the
-    classifier alone."""
+    classifier alone. Only the first :data:`_FOLLOW_UP_CHARS` characters are read: a
+    longer turn is not a short one, and a 1 MB paste must not be scanned on the loop."""
+    if len(text) > _FOLLOW_UP_CHARS:
+        return False
     words = re.findall(r"[\w']+", text.lower())
     return len(words) < 4 or (len(words) < 12 and any(w in _REFERS_BACK for w in words))
 

