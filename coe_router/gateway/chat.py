@@ -25,7 +25,7 @@ from coe_router.gateway.headers import candidates, coe_info, routing_headers
 from coe_router.gateway.responses import SSEResponse, replay
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
-from coe_router.protocol import ChatCompletionRequest, RouteRequest, RouteResponse
+from coe_router.protocol import MAX_N, ChatCompletionRequest, RouteRequest, RouteResponse
 from coe_router.routing.base import RoutingDecision
 from coe_router.shared.ratelimit import limit_headers
 
@@ -39,7 +39,7 @@ async def chat_completions(request: Request) -> Response:
     shared = ctx.shared
     started = time.perf_counter()
     body = await read_json(request, ctx.settings.server.max_body_bytes)
-    req = validate(ChatCompletionRequest, body)
+    req = validate(ChatCompletionRequest, body, {MAX_N: ctx.settings.server.max_n})
     plan = plan_synthesis(req, ctx.catalog, ctx.settings.synthesis)
     caller = caller_id(request)
     cache = None if plan else shared.cache.plan(req.model, body, bool(req.stream), caller)

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from coe_router.errors import CoEError, ExpertStarting, RateLimited, StateUnavailable, error_body
+from coe_router.gateway.body import RequestTimeout
+from coe_router.lifecycle import CLIENT_CLOSED
 
 log = logging.getLogger("coe_router.gateway")
 
 
 async def _coe_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CoEError)
-    headers = {"retry-after": "5"} if isinstance(exc, ExpertStarting) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, ExpertStarting):
+        headers = {"retry-after": "5"}
+    elif isinstance(exc, RequestTimeout):
+        headers = {"connection": "close"}  # the rest of a late body is not worth waiting for
     return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up while its body was read: nobody to answer, nothing to log loudly.
+    log.debug("client closed %s %s before its body arrived", request.method, request.url.path)
+    return Response(status_code=int(CLIENT_CLOSED))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -34,10 +47,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    # The path is the client's text: escape what is not valid Unicode before echoing it.
+    path = request.url.path.encode("utf-8", "backslashreplace").decode()
     message = (
-        f"Unknown route: {request.method} {request.url.path}"
-        if exc.status_code == 404
-        else str(exc.detail)
+        f"Unknown route: {request.method} {path}" if exc.status_code == 404 else str(exc.detail)
     )
     return JSONResponse(
         error_body(message, "invalid_request_error", None, codes.get(exc.status_code)),
@@ -47,11 +60,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    rid = str(getattr(request.state, "request_id", "-"))
+    log.exception("request %s: unhandled error on %s %s", rid, request.method,
+                  request.url.path.encode("utf-8", "backslashreplace").decode(),
+                  exc_info=exc)  # fmt: skip
     return JSONResponse(
-        error_body("Internal error in the gateway; see its logs.", "internal_error", None, None),
+        error_body(f"Internal error in the gateway (request id {rid}).", "internal_error",
+                   None, None),
         status_code=500,
-    )
+        headers={"x-request-id": rid},
+    )  # fmt: skip
 
 
 async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
@@ -67,6 +85,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     # Their headers (retry-after, x-ratelimit-*) matter to clients: more specific handlers.
     app.add_exception_handler(RateLimited, error_with_headers)
     app.add_exception_handler(StateUnavailable, error_with_headers)
