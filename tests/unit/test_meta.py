@@ -226,11 +226,14 @@ async def test_metrics_replica_up_follows_health_rounds(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     up = "coe_replica_up"
-    assert await metric(client, up, expert="code", replica=CODE[0]) == 1
+    assert await metric(client, up, expert="code", replica="0") == 1
     fake.of(CODE[0]).mode = "down"
     await app_of(client).state.coe.pool.check_all()
-    assert await metric(client, up, expert="code", replica=CODE[0]) == 0
-    assert await metric(client, up, expert="general", replica=GENERAL[0]) == 1
+    assert await metric(client, up, expert="code", replica="0") == 0
+    assert await metric(client, up, expert="general", replica="0") == 1
+    # Replicas are labelled by index: no URL reaches the unauthenticated /metrics.
+    text = (await client.get("/metrics")).text
+    assert not any(url in text for url in [*CODE, *GENERAL])
 
 
 async def test_failed_validation_is_not_counted_as_an_expert_request(
