@@ -119,5 +119,8 @@ def gateway_config(app: Any, *, host: str, port: int, log_level: str, access_log
         log_level=log_level,
         access_log=access_log,
         http=header_deadline_protocol(header_timeout_s),
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 and rewrite the client
+        # address; the gateway decides whom to believe (COE_SERVER__TRUSTED_PROXIES).
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(drain_s) + SHUTDOWN_MARGIN_S,
     )

@@ -30,8 +30,9 @@ CONTENT = {
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
     obj = {"id": "chatcmpl-canned", "object": "chat.completion.chunk", "created": 0,
-           "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+           "model": model, "choices": [choice]}  # fmt: skip
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
@@ -49,7 +50,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         path = lines[0].split(" ")[1]
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+        pairs = (h.partition(":") for h in lines[1:])
+        headers = {k.strip().lower(): v.strip() for k, _, v in pairs}
         body = await reader.readexactly(int(headers.get("content-length") or 0))
         if path == "/health":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")

@@ -22,8 +22,9 @@ from tests.support import (
     tail,
 )
 
-#: An expert of a test catalog: (name, the served model name that picks the canned behaviour).
-Expert = tuple[str, str]
+#: An expert of a test catalog: (name, the served model name that picks the canned
+#: behaviour), and optionally its replica's URL (default: the canned upstream).
+Expert = tuple[str, str] | tuple[str, str, str]
 StartGateway = Callable[..., GatewayProcess]
 
 
@@ -52,12 +53,13 @@ def catalog(upstream: str, experts: Sequence[Expert]) -> dict[str, Any]:
     """A catalog of ``experts`` on ``upstream``; the first is the generalist."""
     return {
         "experts": [
-            {"name": name, "served_model_name": served, "generalist": i == 0,
-             "categories": ["general"] if i == 0 else [name], "replicas": [upstream]}
-            for i, (name, served) in enumerate(experts)
+            {"name": e[0], "served_model_name": e[1], "generalist": i == 0,
+             "categories": ["general"] if i == 0 else [e[0]],
+             "replicas": [e[2] if len(e) > 2 else upstream]}
+            for i, e in enumerate(experts)
         ],
         "virtual_models": [{"name": "coe", "router": "keyword"}],
-        "keywords": {name: [name] for name, _ in experts[1:]},
+        "keywords": {e[0]: [e[0]] for e in experts[1:]},
     }  # fmt: skip
 
 
