@@ -81,7 +81,7 @@ class ChatCompletionRequest(OpenAIRequestModel):
     the rest (tools, response_format, logprobs, ...) are kept as extras and forwarded."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str
+    model: str = Field(examples=["coe"])
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
@@ -115,7 +115,7 @@ class RouteRequest(OpenAIRequestModel):
     """``POST /v1/route``: the same body as a chat completion; nothing is generated."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str = "coe"
+    model: str = Field(default="coe", examples=["coe"])
 
 
 # --- responses --------------------------------------------------------------------------------

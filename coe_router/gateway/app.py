@@ -19,6 +19,7 @@ from coe_router.gateway.admission import Admission
 from coe_router.gateway.context import AppContext
 from coe_router.gateway.drain import Drain
 from coe_router.gateway.handlers import install_handlers
+from coe_router.gateway.schema import install_openapi
 from coe_router.lifecycle import LifecycleServices
 from coe_router.metrics import Metrics
 from coe_router.routing.placement import Placement
@@ -112,4 +113,5 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(meta.router)
     app.include_router(admin.router)
+    install_openapi(app, [*table.routers, *(e.name for e in catalog.experts)])
     return app
