@@ -224,6 +224,9 @@ class DecisionLogSettings(BaseModel):
     max_entries: int = Field(default=100_000, ge=1)
     #: Prompts are cut to this many characters.
     max_prompt_chars: int = Field(default=4000, ge=1)
+    #: An entry's UTF-8 size at most (its prompt is cut further to fit): with Redis'
+    #: ``maxmemory``, ``max_entries * max_entry_bytes`` is what the log may take.
+    max_entry_bytes: int = Field(default=16 * 1024, ge=1024)
 
 
 class Settings(BaseSettings):
