@@ -74,7 +74,8 @@ async def test_dripping_headers_are_closed_with_a_408(gw: GatewayProcess) -> Non
     for received, elapsed in results:
         assert received.startswith(b"HTTP/1.1 408 "), received[:100]
         assert json.loads(received.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
-        assert HEADER_S - 0.1 <= elapsed <= HEADER_S + 3, elapsed
+        # From our connect, which the gateway saw a little before: 200 connects queue.
+        assert HEADER_S - 0.5 <= elapsed <= HEADER_S + 3, elapsed
     async with httpx.AsyncClient(base_url=gw.url) as client:  # still serving
         assert (await client.get("/health")).status_code == 200
 
