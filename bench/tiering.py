@@ -1,7 +1,7 @@
-"""Tiered expert pool under load: swap-on-demand FIFO vs LRU vs ours vs all-awake.
+"""Tiered expert pool under load: swap-on-demand FIFO vs LRU vs llama-swap vs ours vs all-awake.
 
-Replays one synthetic trace through the real pool code and compares scheduling and
-eviction policies on it, in one run:
+Replays synthetic traces through the real pool code and compares scheduling and
+eviction policies on them, in one run:
 
 * **Real pool code**: :class:`~coe_router.experts.tiering.scheduler.TierScheduler` (acquire,
   release, wake, drain, evict) drives :class:`~coe_router.experts.tiering.drivers.
@@ -21,8 +21,16 @@ eviction policies on it, in one run:
   name     scheduler    eviction     what it is
   ======== ============ ============ ===============================================
   fifo     ``fifo``     FIFOPolicy   swap on demand in arrival order, evict the
-                                     expert loaded earliest (llama-swap style)
+                                     expert loaded earliest (llama-swap before #790)
   lru      ``fifo``     LRUPolicy    the same, evict the least recently used
+  llama_   collate      matrix       llama-swap's scheduler as of PR #790, ported in
+  swap                  evict_costs  ``bench/collation.py`` (not the real pool code):
+                                     a request for a loaded expert goes straight in,
+                                     one for a loading expert joins its load, the rest
+                                     queue in arrival order and start a swap once the
+                                     expert it would evict is idle (ABCABC is served
+                                     AABBCC); evict the cheapest by ``evict_costs``;
+                                     no starvation bound
   ours     ``grouped``  ScorePolicy  wake the expert with the most waiters, admit
                                      its whole group, drain a busy expert only for
                                      a request waiting ``--max-wait-s``; evict by
@@ -33,7 +41,9 @@ eviction policies on it, in one run:
 
 * **Start state**: every expert was loaded once at start-up (woken from cold in catalog
   order through the pool, so all but the last K sleep at ``--sleep-level``); then the
-  trace starts. Warm-up wakes are not counted.
+  trace starts. Warm-up wakes are not counted. ``llama_swap`` is given the same start
+  state (``CollationScheduler.preload``) and drives the same drivers, fake replicas and
+  :class:`FakeGPU`, so its wakes and sleeps take the same time.
 * **Virtual time**: the run happens on :class:`bench.virtual_time.VirtualTimeLoop`, an
   asyncio loop whose clock jumps to the next timer instead of waiting, so hours of trace
   replay in seconds. The scheduler gets ``clock=loop.time``; the fakes sleep with
@@ -63,9 +73,20 @@ seeded random order of the experts and sends a geometric number of requests (mea
 replay is open-loop: arrival times do not depend on the policy. Output lengths are
 lognormal (median ``--median-tokens``, sigma 0.8, clipped to 16..2048).
 
+Starvation trace (``make_starvation_trace``, replayed after the Zipf one unless
+``--starvation-s 0``): each of the K experts awake at the start gets a request every
+second for ``--starvation-s`` seconds, each generating for about three seconds, so
+every slot always has requests in flight; the cold expert ``e0`` gets three requests
+spread over that time. Pure collation never evicts a busy expert and lets every new
+request for a loaded one in, so the cold requests wait until the hot traffic stops;
+ours drains a busy expert once a request has waited ``--max-wait-s``, which bounds the
+cold wait by ``max_wait_s`` + the drained expert's longest request + its sleep + the
+cold expert's wake (:func:`starvation_bound_s`).
+
 Metrics per policy: throughput (completed requests / makespan, from the first arrival to
-the last completion), p50/p99 end-to-end latency (queue + wake + generation), mean and
-p99 wait for the expert (queue + wake), switches (wakes during the trace), sleeps,
+the last completion), p50/p99 end-to-end latency (queue + wake + generation), mean, p99
+and maximum wait for the expert (queue + wake; the maximum also counts requests that
+failed, until they failed), switches (wakes during the trace), sleeps,
 hot-hit rate (requests whose expert was hot and serving on arrival), errors (a request
 that waited ``--queue-timeout-s`` gets a 504 from the real gateway) and budget
 violations (from FakeGPU; the run fails if any).
@@ -75,16 +96,19 @@ Usage::
     python bench/tiering.py                      # N=8, K=2, Zipf(1.1), 8B profile
     python bench/tiering.py --profile small      # Qwen3-0.6B timings
     python bench/tiering.py --quick --json       # a smoke run; the last line is JSON
+    python bench/tiering.py --policies llama_swap,llama_swap_pop,ours  # cost ablation
 
 The last stdout line with ``--json`` is one object: ``{"params": {...}, "policies":
-{"fifo": {...}, "lru": {...}, "ours": {...}, "all_awake": {...}}, "checks": {...},
-"runtime_s": ...}``.
+{"fifo": {...}, "lru": {...}, "llama_swap": {...}, "ours": {...}, "all_awake": {...}},
+"checks": {...}, "starvation": {"params": {...}, "policies": {... each with
+"cold_max_wait_s"}, "checks": {...}} (null with --starvation-s 0), "runtime_s": ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import math
@@ -94,7 +118,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -102,6 +126,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as ``python bench/tiering.py``
     sys.path.insert(0, str(ROOT))
 
+from bench.collation import CollationScheduler, Matrix  # noqa: E402
 from bench.virtual_time import VirtualTimeLoop  # noqa: E402
 from coe_router.config import TierSettings, UpstreamSettings  # noqa: E402
 from coe_router.errors import UpstreamError  # noqa: E402
@@ -291,6 +316,57 @@ def make_trace(spec: TraceSpec) -> list[TraceRequest]:
     return out
 
 
+@dataclass(frozen=True)
+class StarvationSpec:
+    """A trace where pure collation starves a cold expert.
+
+    Each of the ``hot`` experts resident at the start (the last ``hot`` of the catalog;
+    with ``hot`` = K every slot is taken) gets one request every ``period_s`` for
+    ``duration_s``, each generating for about ``busy_factor`` periods, so it always has
+    requests in flight; the cold expert (``e0``, asleep) gets one rare request at each
+    of ``cold_at_s``. A scheduler that never drains a busy expert serves the cold
+    requests only once the hot traffic stops.
+    """
+
+    experts: int = 8
+    hot: int = 2
+    period_s: float = 1.0
+    busy_factor: float = 3.0
+    duration_s: float = 480.0
+    #: Spread evenly: the i-th arrives at ``duration_s * (2i + 1) / (2 * cold_requests)``.
+    cold_requests: int = 3
+    cold_tokens: int = 200
+
+    @property
+    def cold(self) -> str:
+        """The cold expert's name."""
+        return expert_names(self.experts)[0]
+
+    @property
+    def cold_at_s(self) -> list[float]:
+        """Arrival times of the cold requests."""
+        n = self.cold_requests
+        return [self.duration_s * (2 * i + 1) / (2 * n) for i in range(n)]
+
+    def hot_tokens(self, profile: Profile) -> int:
+        """Output tokens of a hot request: about ``busy_factor`` periods of generation."""
+        return math.ceil(self.busy_factor * self.period_s / profile.tpot_s)
+
+
+def make_starvation_trace(spec: StarvationSpec, profile: Profile) -> list[TraceRequest]:
+    """The hot streams (phases staggered) and the cold requests, in arrival order."""
+    names = expert_names(spec.experts)
+    hot_tokens = spec.hot_tokens(profile)
+    times: list[tuple[float, str, int, int]] = []
+    for j, name in enumerate(names[-spec.hot :]):
+        phase = spec.period_s * j / spec.hot
+        for k in range(int(spec.duration_s / spec.period_s)):
+            times.append((phase + k * spec.period_s, name, hot_tokens, j))
+    times += [(t, spec.cold, spec.cold_tokens, spec.hot) for t in spec.cold_at_s]
+    times.sort()
+    return [TraceRequest(i, t, e, tok, sess) for i, (t, e, tok, sess) in enumerate(times)]
+
+
 # --- fake replicas that generate ----------------------------------------------------------
 
 
@@ -348,12 +424,21 @@ class PolicySpec:
     eviction: str
     all_awake: bool = False
     description: str = ""
+    #: ``pool``: the real :class:`TierScheduler`; ``llama_swap``: the port in
+    #: ``bench/collation.py`` (``mode`` and ``eviction`` then only label the row).
+    kind: Literal["pool", "llama_swap"] = "pool"
+    #: llama_swap only: ``evict_costs`` from the wake time (equal for identical experts)
+    #: or from each expert's share of the trace (an oracle a user could approximate).
+    evict_costs: Literal["wake", "trace_share"] = "wake"
 
 
 POLICIES: list[PolicySpec] = [
     PolicySpec("fifo", "fifo", "fifo", description="swap on demand, arrival order, "
-               "evict earliest loaded (llama-swap)"),
+               "evict earliest loaded (llama-swap before its PR #790)"),
     PolicySpec("lru", "fifo", "lru", description="swap on demand, arrival order, evict LRU"),
+    PolicySpec("llama_swap", "fifo", "matrix", kind="llama_swap",
+               description="llama-swap's scheduler: collate by model, oldest group first, "
+               "no starvation bound, evict by evict_costs (bench/collation.py)"),
     PolicySpec("ours", "grouped", "score", description="grouped wakes + score eviction"),
     PolicySpec("all_awake", "grouped", "score", all_awake=True,
                description="budget for all experts (upper bound)"),
@@ -364,6 +449,9 @@ EXTRA_POLICIES: list[PolicySpec] = [
     PolicySpec("grouped_lru", "grouped", "lru", description="grouped wakes + LRU eviction"),
     PolicySpec("grouped_fifo", "grouped", "fifo", description="grouped wakes + FIFO eviction"),
     PolicySpec("fifo_score", "fifo", "score", description="arrival order + score eviction"),
+    PolicySpec("llama_swap_pop", "fifo", "matrix", kind="llama_swap", evict_costs="trace_share",
+               description="llama_swap with evict_costs from each expert's share of the "
+               "trace (an oracle)"),
 ]  # fmt: skip
 
 
@@ -391,6 +479,28 @@ class Outcome:
     granted: float | None = None
     done: float | None = None
     error: str = ""
+    #: When it failed (``error`` set): its wait ended there.
+    failed: float | None = None
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds it waited for its expert (until let in, or until it failed)."""
+        end = self.granted if self.granted is not None else self.failed
+        return None if end is None else end - self.arrival
+
+
+class BenchPool(Protocol):
+    """What a replay needs of a scheduler: the real pool, or the llama-swap port."""
+
+    experts: dict[str, ExpertResidency]
+
+    def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Keep ``name`` serving for one request (waiting for it as the policy decides)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop what runs and fail whoever still waits."""
+        ...
 
 
 def make_policy(name: str, recency_tau_s: float) -> EvictionPolicy:
@@ -447,20 +557,40 @@ async def replay(
             name=name, memory_gb=prof.memory_gb, device=DEVICE, driver=driver,
             sleep_level=pool.sleep_level,
         ))  # fmt: skip
-    sched = TierScheduler(
-        residents, {DEVICE: budget}, make_policy(policy.eviction, pool.recency_tau_s),
-        mode=policy.mode, max_wait_s=pool.max_wait_s, queue_timeout_s=pool.queue_timeout_s,
-        clock=loop.time,
-    )  # fmt: skip
-    await sched.start()
+    sched: BenchPool
+    if policy.kind == "llama_swap":
+        if policy.evict_costs == "trace_share":
+            costs = {n: max(1, round(1000 * sum(r.expert == n for r in trace) / len(trace)))
+                     for n in names}  # fmt: skip
+        else:  # the wake time from the eviction tier, in whole seconds (equal here)
+            wake_s = prof.wake_l1_s if pool.sleep_level == 1 else prof.wake_l2_s
+            costs = {n: max(1, math.ceil(wake_s)) for n in names}
+        matrix = Matrix.any_k_of(names, slots, costs)
+        swap = CollationScheduler(
+            residents, matrix, queue_timeout_s=pool.queue_timeout_s, clock=loop.time
+        )
+        await swap.start()
+        if not policy.all_awake:
+            await swap.preload(names, slots)  # the same start state as below
+        sched = swap
+    else:
+        tiers = TierScheduler(
+            residents, {DEVICE: budget}, make_policy(policy.eviction, pool.recency_tau_s),
+            mode=policy.mode, max_wait_s=pool.max_wait_s, queue_timeout_s=pool.queue_timeout_s,
+            clock=loop.time,
+        )  # fmt: skip
+        await tiers.start()
+        if not policy.all_awake:
+            # Start-up: load every expert once (catalog order); all but the last K sleep.
+            for name in names:
+                await tiers.wake(name)
+        sched = tiers
     if not policy.all_awake:
-        # Start-up: load every expert once (catalog order); all but the last K go to sleep.
-        for name in names:
-            await sched.wake(name)
         # The last evictions finish within one sleep time (virtual time: free to wait).
         await asyncio.sleep(max(prof.sleep_s.values()) + 1.0)
         if any(e.transition is not None for e in sched.experts.values()):
             raise RuntimeError("warm-up: a sleep or wake is still running")
+    awake = sorted(n for n, e in sched.experts.items() if e.serving)
     wakes0 = sum(e.wakes for e in sched.experts.values())
     sleeps0 = sum(e.sleeps for e in sched.experts.values())
 
@@ -486,6 +616,7 @@ async def replay(
             out.done = loop.time()
         except UpstreamError as exc:
             out.error = type(exc).__name__
+            out.failed = loop.time()
 
     t0 = loop.time()
     tasks: list[asyncio.Task[None]] = []
@@ -502,6 +633,11 @@ async def replay(
     ok = [o for o in outcomes if not o.error and o.done is not None]
     latencies = [o.done - o.arrival for o in ok if o.done is not None]
     waits = [o.granted - o.arrival for o in ok if o.granted is not None]
+    # The longest wait counts failed requests too (a 504 after the queue timeout).
+    max_wait: dict[str, float] = {}
+    for o in outcomes:
+        if o.wait is not None:
+            max_wait[o.expert] = max(max_wait.get(o.expert, 0.0), o.wait)
     first = min(o.arrival for o in outcomes)
     last = max((o.done for o in ok if o.done is not None), default=first)
     makespan = last - first
@@ -511,7 +647,7 @@ async def replay(
             errors[o.error] = errors.get(o.error, 0) + 1
     return {
         "policy": policy.name,
-        "scheduler": policy.mode,
+        "scheduler": "collate" if policy.kind == "llama_swap" else policy.mode,
         "eviction": policy.eviction,
         "budget_experts": slots,
         "requests": len(outcomes),
@@ -524,6 +660,9 @@ async def replay(
         "p99_s": round(percentile(latencies, 99), 3),
         "mean_wait_s": round(sum(waits) / len(waits), 3) if waits else math.nan,
         "p99_wait_s": round(percentile(waits, 99), 3),
+        "max_wait_s": round(max(max_wait.values(), default=math.nan), 3),
+        "max_wait_by_expert_s": {n: round(w, 3) for n, w in sorted(max_wait.items())},
+        "awake_at_start": awake,
         "switches": sum(e.wakes for e in sched.experts.values()) - wakes0,
         "sleeps": sum(e.sleeps for e in sched.experts.values()) - sleeps0,
         "hot_hit_rate": round(sum(o.hot_on_arrival for o in outcomes) / len(outcomes), 4),
@@ -550,11 +689,39 @@ def run_virtual(
         return runner.run(run_all(pool, spec, policies))
 
 
+def run_trace_virtual(
+    pool: PoolSpec,
+    trace: Sequence[TraceRequest],
+    n_experts: int,
+    policies: Sequence[PolicySpec],
+) -> dict[str, dict[str, Any]]:
+    """Replay a given ``trace`` under every policy on a fresh virtual-time event loop."""
+
+    async def run() -> dict[str, dict[str, Any]]:
+        return {p.name: await replay(p, pool, trace, n_experts) for p in policies}
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(run())
+
+
+def run_starvation(
+    pool: PoolSpec, spec: StarvationSpec, policies: Sequence[PolicySpec]
+) -> dict[str, dict[str, Any]]:
+    """The starvation trace under every policy; each result gains ``cold_max_wait_s``."""
+    if spec.hot != pool.budget_experts:
+        raise ValueError("the starvation trace keeps every slot busy: hot must equal K")
+    trace = make_starvation_trace(spec, pool.profile)
+    results = run_trace_virtual(pool, trace, spec.experts, policies)
+    for r in results.values():
+        r["cold_max_wait_s"] = r["max_wait_by_expert_s"].get(spec.cold, math.nan)
+    return results
+
+
 # --- reporting ------------------------------------------------------------------------------
 
 
 def checks(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's done-when: ours vs FIFO and LRU, and vs the all-awake bound."""
+    """The claims: ours vs FIFO, LRU and llama-swap, and vs the all-awake bound."""
     ours = results.get("ours")
     if ours is None:
         return {}
@@ -563,6 +730,15 @@ def checks(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if base in results:
             out[f"fewer_switches_than_{base}"] = ours["switches"] < results[base]["switches"]
             out[f"lower_p99_than_{base}"] = ours["p99_s"] < results[base]["p99_s"]
+    for base in ("llama_swap", "llama_swap_pop"):
+        if base in results:
+            other = results[base]
+            out[f"lower_p99_than_{base}"] = ours["p99_s"] < other["p99_s"]
+            out[f"lower_max_wait_than_{base}"] = ours["max_wait_s"] < other["max_wait_s"]
+            ratio = ours["throughput_rps"] / other["throughput_rps"]
+            out[f"throughput_vs_{base}"] = round(ratio, 4)
+            # "At the same throughput": the same trace, and ours completes it no slower.
+            out[f"throughput_not_below_{base}"] = ratio >= 0.99
     if "all_awake" in results:
         ratio = ours["throughput_rps"] / results["all_awake"]["throughput_rps"]
         out["throughput_vs_all_awake"] = round(ratio, 4)
@@ -571,16 +747,58 @@ def checks(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def starvation_bound_s(pool: PoolSpec, spec: StarvationSpec) -> float:
+    """Longest the cold request may wait under ours: ``max_wait_s``, then the drained
+    expert's longest request (a full batch), its sleep and the cold expert's wake."""
+    prof = pool.profile
+    longest = spec.hot_tokens(prof) * prof.tpot_s * (1 + pool.batch_slowdown * pool.max_num_seqs)
+    wake = prof.wake_l1_s if pool.sleep_level == 1 else prof.wake_l2_s
+    return pool.max_wait_s + longest + prof.sleep_s[pool.sleep_level] + wake
+
+
+def starvation_checks(
+    results: dict[str, dict[str, Any]], pool: PoolSpec, spec: StarvationSpec
+) -> dict[str, Any]:
+    """Ours bounds the cold request's wait; pure collation makes it wait out the hot stream."""
+    out: dict[str, Any] = {"bound_s": round(starvation_bound_s(pool, spec), 2)}
+    if "ours" in results:
+        out["ours_cold_wait_bounded"] = results["ours"]["cold_max_wait_s"] <= out["bound_s"]
+    # The first cold request arrives with the hot streams still running; starving it means
+    # waiting until their last request has arrived.
+    hot_left = (spec.duration_s - spec.period_s) - spec.cold_at_s[0]
+    for base in ("llama_swap", "llama_swap_pop"):
+        if base in results:
+            out[f"{base}_cold_waits_out_the_hot_stream"] = (
+                results[base]["cold_max_wait_s"] >= hot_left
+            )
+    out["no_violations"] = all(r["violations"] == 0 for r in results.values())
+    return out
+
+
+#: (header, result key, format) of the table's columns.
+Column = tuple[str, str, str]
+
+COLUMNS: list[Column] = [
+    ("policy", "policy", "{}"), ("K", "budget_experts", "{}"),
+    ("done", "completed", "{}"), ("err", "errors", "{}"),
+    ("thru r/s", "throughput_rps", "{:.3f}"), ("p50 s", "p50_s", "{:.2f}"),
+    ("p99 s", "p99_s", "{:.2f}"), ("wait s", "mean_wait_s", "{:.2f}"),
+    ("max wait s", "max_wait_s", "{:.1f}"),
+    ("switches", "switches", "{}"), ("hot-hit", "hot_hit_rate", "{:.1%}"),
+    ("viol", "violations", "{}"),
+]  # fmt: skip
+
+STARVATION_COLUMNS: list[Column] = [
+    ("policy", "policy", "{}"), ("done", "completed", "{}"), ("err", "errors", "{}"),
+    ("thru r/s", "throughput_rps", "{:.3f}"), ("p50 s", "p50_s", "{:.2f}"),
+    ("p99 s", "p99_s", "{:.2f}"), ("max wait s", "max_wait_s", "{:.1f}"),
+    ("cold max wait s", "cold_max_wait_s", "{:.1f}"), ("switches", "switches", "{}"),
+    ("viol", "violations", "{}"),
+]  # fmt: skip
+
+
+def table(results: dict[str, dict[str, Any]], cols: Sequence[Column] = COLUMNS) -> str:
     """The human-readable comparison."""
-    cols = [
-        ("policy", "policy", "{}"), ("K", "budget_experts", "{}"),
-        ("done", "completed", "{}"), ("err", "errors", "{}"),
-        ("thru r/s", "throughput_rps", "{:.3f}"), ("p50 s", "p50_s", "{:.2f}"),
-        ("p99 s", "p99_s", "{:.2f}"), ("wait s", "mean_wait_s", "{:.2f}"),
-        ("switches", "switches", "{}"), ("hot-hit", "hot_hit_rate", "{:.1%}"),
-        ("viol", "violations", "{}"),
-    ]  # fmt: skip
     rows = [[h for h, _, _ in cols]]
     for r in results.values():
         rows.append([fmt.format(r[key]) for _, key, fmt in cols])
@@ -664,13 +882,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--policies",
         default=",".join(p.name for p in POLICIES),
-        help="comma-separated subset of " + ",".join(p.name for p in POLICIES),
+        help="comma-separated, of " + ",".join(p.name for p in POLICIES + EXTRA_POLICIES),
     )
-    ap.add_argument("--quick", action="store_true", help="a smoke run (200 requests)")
+    ap.add_argument(
+        "--starvation-s",
+        type=float,
+        default=StarvationSpec().duration_s,
+        help="length of the starvation trace's hot streams (0: skip that trace)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke run (200 requests, 120 s starvation trace)"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object as last line")
     args = ap.parse_args(argv)
-    if args.quick and "--requests" not in (argv if argv is not None else sys.argv[1:]):
+    given = argv if argv is not None else sys.argv[1:]
+    if args.quick and "--requests" not in given:
         args.requests = 200
+    if args.quick and "--starvation-s" not in given:
+        args.starvation_s = 120.0
     if not 0 < args.budget_experts < args.experts:
         ap.error("need 0 < --budget-experts < --experts")
     return args
@@ -731,6 +960,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print()
     print("checks: " + ", ".join(f"{k}={v}" for k, v in ch.items()))
+
+    starvation: dict[str, Any] | None = None
+    if args.starvation_s > 0:
+        sspec = StarvationSpec(
+            experts=spec.experts, hot=pool.budget_experts, duration_s=args.starvation_s
+        )
+        t_s = time.perf_counter()
+        sresults = run_starvation(pool, sspec, policies)
+        runtime += time.perf_counter() - t_s
+        bad = {n: r["violations"] for n, r in sresults.items() if r["violations"] or r["garbage"]}
+        if bad:
+            raise SystemExit(f"starvation trace: budget violated or garbage served: {bad}")
+        sch = starvation_checks(sresults, pool, sspec)
+        hot = expert_names(sspec.experts)[-sspec.hot :]
+        print()
+        print(
+            f"starvation trace: {', '.join(hot)} (hot, one per slot) each get a request every "
+            f"{sspec.period_s:g} s for {sspec.duration_s:.0f} s ({sspec.hot_tokens(profile)} "
+            f"tokens, always in flight); cold {sspec.cold} gets {sspec.cold_requests} at "
+            + ", ".join(f"{t:.0f}" for t in sspec.cold_at_s)
+            + " s"
+        )
+        print()
+        print(table(sresults, STARVATION_COLUMNS))
+        print(
+            f"(cold max wait: longest wait of a request for {sspec.cold}; ours is bounded by "
+            f"max_wait_s + drain + sleep + wake = {sch['bound_s']:.1f} s)"
+        )
+        print()
+        print("checks: " + ", ".join(f"{k}={v}" for k, v in sch.items()))
+        starvation = {
+            "params": {**asdict(sspec), "cold": sspec.cold, "cold_at_s": sspec.cold_at_s,
+                       "hot_tokens": sspec.hot_tokens(profile)},
+            "policies": sresults,
+            "checks": sch,
+        }  # fmt: skip
     print(f"virtual time replayed in {runtime:.1f} s real")
     obj = {
         "params": {
@@ -740,6 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "policies": results,
         "checks": ch,
+        "starvation": starvation,
         "runtime_s": round(runtime, 2),
     }  # fmt: skip
     if args.json:

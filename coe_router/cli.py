@@ -66,6 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from coe_router import tracing
     from coe_router.gateway import create_app
     from coe_router.gateway.server import GatewayServer, gateway_config
 
@@ -76,7 +77,12 @@ def _serve(args: argparse.Namespace) -> int:
         app, host=s.host, port=s.port, log_level=s.log_level, access_log=args.access_log,
         header_timeout_s=s.header_timeout_s, drain_s=s.drain_s,
     )  # fmt: skip
-    GatewayServer(config, app.state.drain).run()
+    # The OTEL_* variables decide; off (and opentelemetry never imported) unless they ask.
+    tracer = tracing.configure()
+    try:
+        GatewayServer(config, app.state.drain).run()
+    finally:
+        tracer.shutdown()  # export what is still batched
     return 0
 
 

@@ -11,7 +11,9 @@ Invariants (checked by tests):
 
 * ``finish`` runs at most once, whatever fails and however often it is called;
 * every hold taken with :meth:`RequestLifecycle.occupy` is released by ``finish``;
-* the in-flight gauge goes up once in ``begin`` and down once in ``finish``.
+* the in-flight gauge goes up once in ``begin`` and down once in ``finish``;
+* the request's trace span (:mod:`coe_router.tracing`), when given, ends in ``finish``
+  with the status, so a streamed request's span covers the whole stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from coe_router import tracing
 from coe_router.errors import CoEError
 from coe_router.experts.expert import UpstreamStream
 from coe_router.experts.pool import ExpertPool
@@ -60,8 +63,11 @@ class RequestLifecycle:
         caller: str,
         cache_plan: CachePlan | None = None,
         started: float | None = None,
+        span: tracing.Span = tracing.NOOP_SPAN,
     ) -> None:
         self._services = services
+        #: The request's root span (ended by :meth:`finish`).
+        self.span = span
         self.model = model
         self.caller = caller
         self.cache_plan = cache_plan
@@ -92,7 +98,17 @@ class RequestLifecycle:
 
     async def occupy(self, expert: str) -> None:
         """Keep ``expert`` awake (waking it first) until :meth:`finish`."""
-        release = await self._services.pool.acquire(expert)
+        pool = self._services.pool
+        if pool.scheduler is None or expert not in pool.scheduler.experts:
+            release = await pool.acquire(expert)
+        else:
+            wake_s = pool.expected_wake_s(expert)
+            with tracing.tier_span(expert, pool.scheduler.experts[expert].tier.value) as span:
+                t0 = time.perf_counter()
+                release = await pool.acquire(expert)
+                span.set("coe.tier.woke", wake_s > 0)
+                span.set("coe.tier.expected_wake_s", wake_s)
+                span.set("coe.tier.waited_s", time.perf_counter() - t0)
         if self._finished:  # finished while waiting: give the slot straight back
             release()
         else:
@@ -116,6 +132,7 @@ class RequestLifecycle:
 
     def charge(self, tokens: int | None) -> None:
         """Count a complete answer's tokens against the caller's token limit."""
+        self.span.set("gen_ai.usage.total_tokens", tokens)
         self._services.limiter.charge(self.caller, tokens)
 
     def fill(self, entry: CachedAnswer) -> None:
@@ -139,6 +156,11 @@ class RequestLifecycle:
         answered = expert or begun or "-"
         m.requests.labels(self.model, answered, self.strategy or "-", status).inc()
         m.latency.labels(answered).observe(time.perf_counter() - self.started)
+        self.span.set("coe.expert", answered)
+        self.span.set("http.response.status_code", int(status) if status.isdigit() else None)
+        if status != "200":
+            self.span.fail(f"status {status}")
+        self.span.end()
 
     @contextmanager
     def guard(self) -> Iterator[None]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
 
+from coe_router import tracing
 from coe_router.catalog import ExpertSpec
 from coe_router.errors import (
     ExpertStarting,
@@ -28,6 +31,9 @@ from coe_router.metrics import Metrics
 
 T = TypeVar("T")
 _PATH = "/v1/chat/completions"
+_TOKENIZE = "/tokenize"
+#: The token counts of a usage chunk, read from the raw stream only while tracing records.
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens)":\s*(\d+)')
 
 
 class UpstreamStream:
@@ -42,8 +48,11 @@ class UpstreamStream:
     def __init__(
         self, replica: Replica, response: httpx.Response, first: bytes,
         rest: AsyncIterator[bytes], on_close: Callable[[bool], None],
+        span: tracing.Span = tracing.NOOP_SPAN,
     ) -> None:  # fmt: skip
         self.replica = replica
+        #: The expert call's span, ended when the stream closes.
+        self.span = span
         self._response = response
         self._first = first
         self._rest = rest
@@ -54,10 +63,20 @@ class UpstreamStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self._first
         what = f"expert {self.replica.expert!r} at {self.replica.base_url}"
+        traced = self.span.recording
         with map_httpx_exceptions(what):
             async for chunk in self._rest:
+                if traced and b'"usage"' in chunk:
+                    self._trace_usage(chunk)
                 yield chunk
         self._ok = True
+
+    def _trace_usage(self, chunk: bytes) -> None:
+        counts = {k.decode(): int(v) for k, v in _USAGE.findall(chunk)}
+        tracing.set_expert_result(
+            self.span, input_tokens=counts.get("prompt_tokens"),
+            output_tokens=counts.get("completion_tokens"),
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the upstream response and release the replica (idempotent)."""
@@ -68,6 +87,9 @@ class UpstreamStream:
             await self._response.aclose()
         finally:
             self._on_close(self._ok)
+            if not self._ok:
+                self.span.fail("the stream ended early")
+            self.span.end()
 
 
 class ExpertClient:
@@ -115,29 +137,39 @@ class ExpertClient:
     async def complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], Replica]:
         """Non-streaming chat completion; returns the upstream JSON and the replica used."""
         payload = _encode(body)
+        span = tracing.expert_span(self.name, str(body.get("model")), stream=False)
 
         async def call(replica: Replica) -> tuple[dict[str, Any], Replica]:
             what = f"expert {self.name!r} at {replica.base_url}"
+            headers = {"content-type": "application/json"}
+            span.inject(headers)
+            tracing.set_expert_result(span, replica=replica.base_url)
             with map_httpx_exceptions(what):
-                resp = await replica.client.post(
-                    _PATH, content=payload, headers={"content-type": "application/json"}
-                )
+                resp = await replica.client.post(_PATH, content=payload, headers=headers)
+            tracing.set_expert_result(span, status=resp.status_code)
             return parse_completion(resp, what), replica
 
-        return await self._with_retries(call, release_on_success=True)
+        with span:
+            result = await self._with_retries(call, release_on_success=True)
+            if span.recording:
+                _trace_completion(span, result[0])
+        return result
 
     async def stream(self, body: dict[str, Any]) -> UpstreamStream:
         """Open a streaming chat completion and wait for its first chunk."""
         payload = _encode(body)
+        span = tracing.expert_span(self.name, str(body.get("model")), stream=True)
+        started = time.perf_counter()
 
         async def call(replica: Replica) -> UpstreamStream:
             what = f"expert {self.name!r} at {replica.base_url}"
-            request = replica.client.build_request(
-                "POST", _PATH, content=payload,
-                headers={"content-type": "application/json", "accept": "text/event-stream"},
-            )  # fmt: skip
+            headers = {"content-type": "application/json", "accept": "text/event-stream"}
+            span.inject(headers)
+            tracing.set_expert_result(span, replica=replica.base_url)
+            request = replica.client.build_request("POST", _PATH, content=payload, headers=headers)
             with map_httpx_exceptions(what):
                 resp = await replica.client.send(request, stream=True)
+            tracing.set_expert_result(span, status=resp.status_code)
             try:
                 with map_httpx_exceptions(what):
                     if resp.status_code != 200:
@@ -155,11 +187,37 @@ class ExpertClient:
             except BaseException:
                 await resp.aclose()
                 raise
+            tracing.set_expert_result(span, ttft_s=time.perf_counter() - started)
             return UpstreamStream(
-                replica, resp, first, chunks, on_close=lambda ok: self._release(replica, ok)
-            )
+                replica, resp, first, chunks, on_close=lambda ok: self._release(replica, ok),
+                span=span,
+            )  # fmt: skip
 
-        return await self._with_retries(call, release_on_success=False)
+        try:
+            return await self._with_retries(call, release_on_success=False)
+        except BaseException as exc:
+            span.fail(exc)
+            span.end()
+            raise
+
+    async def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's ``POST /tokenize`` on one available replica (no retries: callers fall
+        back to an estimate). Raises :class:`UpstreamError` when it cannot answer."""
+        replica = self.pick(set())
+        what = f"expert {self.name!r} at {replica.base_url}"
+        headers = {"content-type": "application/json"}
+        tracing.tracer().inject(headers)
+        with map_httpx_exceptions(what):
+            resp = await replica.client.post(_TOKENIZE, content=_encode(body), headers=headers)
+        if resp.status_code != 200:
+            raise status_error(resp, what)
+        try:
+            answer = resp.json()
+        except ValueError:
+            raise UpstreamBadResponse(f"{what} sent a /tokenize body that is not JSON") from None
+        if not isinstance(answer, dict):
+            raise UpstreamBadResponse(f"{what} sent a /tokenize body that is not an object")
+        return answer
 
     async def _with_retries(
         self, call: Callable[[Replica], Awaitable[T]], *, release_on_success: bool
@@ -206,6 +264,18 @@ class ExpertClient:
             replica.breaker.record_success()
         else:
             replica.breaker.release()
+
+
+def _trace_completion(span: tracing.Span, result: dict[str, Any]) -> None:
+    raw = result.get("usage")
+    usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    choices = result.get("choices") or [{}]
+    finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+    tracing.set_expert_result(
+        span, input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+        finish_reason=finish if isinstance(finish, str) else None,
+    )  # fmt: skip
 
 
 def _encode(body: dict[str, Any]) -> bytes:

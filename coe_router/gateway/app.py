@@ -14,7 +14,7 @@ from coe_router import __version__
 from coe_router.catalog import load_catalog
 from coe_router.config import Settings
 from coe_router.experts.pool import ExpertPool
-from coe_router.gateway import admin, chat, meta
+from coe_router.gateway import admin, chat, messages, meta
 from coe_router.gateway.admission import Admission
 from coe_router.gateway.context import AppContext
 from coe_router.gateway.drain import Drain
@@ -111,6 +111,7 @@ def create_app(
     app.add_middleware(Admission, settings=settings.server, drain=app.state.drain)
     install_handlers(app)
     app.include_router(chat.router)
+    app.include_router(messages.router)
     app.include_router(meta.router)
     app.include_router(admin.router)
     install_openapi(app, [*table.routers, *(e.name for e in catalog.experts)])

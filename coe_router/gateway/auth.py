@@ -1,4 +1,8 @@
-"""Bearer API keys: optional for inference, always required for admin routes."""
+"""API keys: optional for inference, always required for admin routes.
+
+A key comes as ``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key: <key>``
+(Anthropic's); the bearer token wins when both are sent.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from coe_router.gateway.context import app_context
 from coe_router.shared.ratelimit import ANONYMOUS, key_id
 
 
-def _bearer(request: Request) -> str | None:
+def _api_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 def _matches(token: str, secret: str) -> bool:
@@ -27,10 +33,11 @@ async def require_api_key(request: Request) -> None:
     auth = app_context(request).settings.auth
     if not auth.api_keys:
         return
-    token = _bearer(request)
+    token = _api_key(request)
     if token is None:
         raise AuthenticationError(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
+            code="missing_api_key",
         )
     secrets = [k.get_secret_value() for k in auth.api_keys]
     if auth.admin_key is not None:
@@ -48,7 +55,7 @@ async def require_admin(request: Request) -> None:
             "The admin API is disabled: set COE_AUTH__ADMIN_KEY to enable it.",
             code="admin_disabled",
         )
-    token = _bearer(request)
+    token = _api_key(request)
     if token is None:
         raise AuthenticationError(
             "Missing admin key: send 'Authorization: Bearer <admin key>'.", code="missing_api_key"
@@ -60,7 +67,7 @@ async def require_admin(request: Request) -> None:
 def is_admin(request: Request) -> bool:
     """Whether the request carries the admin key (never raises)."""
     admin = app_context(request).settings.auth.admin_key
-    token = _bearer(request)
+    token = _api_key(request)
     return admin is not None and token is not None and _matches(token, admin.get_secret_value())
 
 
@@ -74,5 +81,5 @@ def caller_id(request: Request) -> str:
     settings = app_context(request).settings
     if not settings.auth.api_keys:
         return "ip:" + client_address(request, settings.server.trusted_proxies)
-    token = _bearer(request)
+    token = _api_key(request)
     return key_id(token) if token is not None else ANONYMOUS

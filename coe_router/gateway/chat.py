@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from coe_router import tracing
 from coe_router.aggregation.plan import plan_synthesis
 from coe_router.errors import UpstreamUnavailable
 from coe_router.gateway.auth import caller_id, require_api_key
@@ -24,6 +25,7 @@ from coe_router.gateway.disconnect import until_disconnect
 from coe_router.gateway.headers import candidates, coe_info, routing_headers
 from coe_router.gateway.responses import SSEResponse, replay
 from coe_router.gateway.synthesis import synthesis_response
+from coe_router.gateway.traced import traced
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
 from coe_router.protocol import MAX_N, ChatCompletionRequest, RouteRequest, RouteResponse
 from coe_router.routing.base import RoutingDecision
@@ -35,11 +37,22 @@ router = APIRouter()
 @router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)])
 async def chat_completions(request: Request) -> Response:
     """Route the conversation, then relay the chosen expert's answer (streamed or not)."""
+    started = time.perf_counter()
+    return await traced(
+        "chat.completions", request, lambda span: _chat_completions(request, span, started)
+    )
+
+
+async def _chat_completions(
+    request: Request, span: tracing.Span, started: float
+) -> tuple[Response, RequestLifecycle | None]:
     ctx = app_context(request)
     shared = ctx.shared
-    started = time.perf_counter()
-    body = await read_json(request, ctx.settings.server.max_body_bytes)
-    req = validate(ChatCompletionRequest, body, {MAX_N: ctx.settings.server.max_n})
+    with tracing.validation_span():
+        body = await read_json(request, ctx.settings.server.max_body_bytes)
+        req = validate(ChatCompletionRequest, body, {MAX_N: ctx.settings.server.max_n})
+    span.set("gen_ai.request.model", req.model)
+    span.set("coe.stream", bool(req.stream))
     plan = plan_synthesis(req, ctx.catalog, ctx.settings.synthesis)
     caller = caller_id(request)
     cache = None if plan else shared.cache.plan(req.model, body, bool(req.stream), caller)
@@ -52,23 +65,26 @@ async def chat_completions(request: Request) -> Response:
     headers = limit_headers(quota) if quota is not None else {}
     if cache is not None:
         if hit is not None:
-            return replay(hit, headers)
+            return replay(hit, headers), None
         headers["x-coe-cache"] = "miss"
     given = req.coe.conversation_id if req.coe is not None else None
     placed = await ctx.placement.place(req.model, req.messages, caller, given)
     if placed.affinity is not None:
         headers["x-coe-affinity"] = placed.affinity
     lifecycle = RequestLifecycle(
-        ctx.lifecycle, model=req.model, caller=caller, cache_plan=cache, started=started
-    )
+        ctx.lifecycle, model=req.model, caller=caller, cache_plan=cache, started=started,
+        span=span,
+    )  # fmt: skip
     try:
         if plan is not None:  # several experts answer; the aggregation path takes it from here
-            return await synthesis_response(
+            response = await synthesis_response(
                 request, ctx, req, body, placed.decision, plan, lifecycle, headers
             )
-        return await _single(request, ctx, req, body, placed.decision, lifecycle, headers)
+        else:
+            response = await _single(request, ctx, req, body, placed.decision, lifecycle, headers)
     except ClientDisconnected:
-        return Response(status_code=int(CLIENT_CLOSED))
+        response = Response(status_code=int(CLIENT_CLOSED))
+    return response, lifecycle
 
 
 async def _single(

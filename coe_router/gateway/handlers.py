@@ -1,8 +1,15 @@
-"""Exception handlers: every failure leaves as one OpenAI-style error body."""
+"""Exception handlers: every failure leaves as one error body, in the dialect of its route.
+
+Routes under ``/v1/messages`` speak Anthropic's API, so their errors (validation, auth,
+limits, experts, unknown sub-routes, bugs) take Anthropic's shape
+(:func:`coe_router.anthropic.errors.error_body`); every other route gets OpenAI's.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -10,11 +17,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from coe_router.anthropic import errors as anthropic_errors
 from coe_router.errors import CoEError, ExpertStarting, RateLimited, StateUnavailable, error_body
 from coe_router.gateway.body import RequestTimeout
 from coe_router.lifecycle import CLIENT_CLOSED
 
 log = logging.getLogger("coe_router.gateway")
+#: Path prefix of the routes that answer errors in Anthropic's shape.
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def _json(
+    request: Request,
+    body: dict[str, Any],
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """``body`` (OpenAI's shape), or Anthropic's for the Messages routes."""
+    if request.url.path.startswith(ANTHROPIC_PREFIX):
+        body = anthropic_errors.error_body(status, message)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _coe_error(request: Request, exc: Exception) -> JSONResponse:
@@ -24,7 +47,8 @@ async def _coe_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"retry-after": "5"}
     elif isinstance(exc, RequestTimeout):
         headers = {"connection": "close"}  # the rest of a late body is not worth waiting for
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+    body = exc.to_body()  # the public message: upstream detail stays in the log
+    return _json(request, body, exc.status_code, body["error"]["message"], headers)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -37,11 +61,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     param = ".".join(str(p) for p in err["loc"][1:]) or None
-    return JSONResponse(
-        error_body(f"Invalid request: {err['msg']}", "invalid_request_error", param,
-                   "invalid_value"),
-        status_code=400,
-    )  # fmt: skip
+    message = f"Invalid request: {err['msg']}"
+    return _json(
+        request, error_body(message, "invalid_request_error", param, "invalid_value"), 400, message
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -52,10 +75,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = (
         f"Unknown route: {request.method} {path}" if exc.status_code == 404 else str(exc.detail)
     )
-    return JSONResponse(
+    return _json(
+        request,
         error_body(message, "invalid_request_error", None, codes.get(exc.status_code)),
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        exc.status_code,
+        message,
+        getattr(exc, "headers", None),
     )
 
 
@@ -64,19 +89,17 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("request %s: unhandled error on %s %s", rid, request.method,
                   request.url.path.encode("utf-8", "backslashreplace").decode(),
                   exc_info=exc)  # fmt: skip
-    return JSONResponse(
-        error_body(f"Internal error in the gateway (request id {rid}).", "internal_error",
-                   None, None),
-        status_code=500,
-        headers={"x-request-id": rid},
-    )  # fmt: skip
+    message = f"Internal error in the gateway (request id {rid})."
+    response = _json(request, error_body(message, "internal_error", None, None), 500, message)
+    response.headers["x-request-id"] = rid
+    return response
 
 
 async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
     """Handler for :class:`RateLimited` and :class:`StateUnavailable`: the OpenAI body plus
     the error's own headers (``retry-after``, ``x-ratelimit-*``)."""
     assert isinstance(exc, RateLimited | StateUnavailable)
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+    return _json(request, exc.to_body(), exc.status_code, exc.message, exc.headers)
 
 
 def install_handlers(app: FastAPI) -> None:

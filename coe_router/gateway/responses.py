@@ -38,6 +38,11 @@ class SSEResponse(StreamingResponse):
         super().__init__(content, headers={**(headers or {}), **STREAM_HEADERS})
         self._stream = content
 
+    @property
+    def stream(self) -> ClosableStream:
+        """The body (for a route that re-frames another route's stream)."""
+        return self._stream
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)

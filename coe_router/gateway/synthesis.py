@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
+from coe_router import tracing
 from coe_router.aggregation.plan import SynthesisPlan, recruit
 from coe_router.aggregation.stream import KeepAliveStream
 from coe_router.aggregation.synthesis import Synthesis
@@ -54,15 +55,22 @@ async def synthesis_response(
         "x-coe-strategy": run.label,
     }
     lifecycle.begin(run.expert, run.label)
+    span = tracing.synthesis_span(run.label, [m.name for m, _ in members], aggregator or None)
     if req.stream:
         keepalive_s = ctx.settings.synthesis.keepalive_s
+
+        def end(status: str) -> None:
+            span.end()
+            lifecycle.finish(status, run.expert)
+
         stream = KeepAliveStream(
             run.events(), keepalive_s=keepalive_s, on_first_byte=lifecycle.first_byte,
-            on_end=lambda status: lifecycle.finish(status, run.expert),
+            on_end=end,
         )  # fmt: skip
         # The response starts at the first event, or after ``keepalive_s`` with a keep-alive:
         # a panel that fails faster (experts down, the request rejected) gets a real status.
-        stream.start()
+        with span.current():  # the panel's expert calls are its children
+            stream.start()
         try:
             with lifecycle.guard():
                 early = await until_disconnect(request, stream.opening(keepalive_s))
@@ -72,7 +80,7 @@ async def synthesis_response(
             if lifecycle.finished:
                 await stream.close()
         return SSEResponse(stream, headers=headers)
-    with lifecycle.guard():
+    with lifecycle.guard(), span:
         result = await until_disconnect(request, run.complete())
     info = result["coe"]
     headers["x-coe-expert"] = info["expert"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from coe_router import tracing
 from coe_router.errors import ConfigError
 
 Array = NDArray[np.float32]
@@ -178,7 +180,12 @@ class AsyncEmbedder:
             loop = asyncio.get_running_loop()
             if AsyncEmbedder._executor is None:
                 AsyncEmbedder._executor = ThreadPoolExecutor(2, thread_name_prefix="coe-encoder")
-            rows = await loop.run_in_executor(AsyncEmbedder._executor, self.encoder.encode, missing)
+            with tracing.encoder_span(len(texts), len(missing)) as span:
+                t0 = time.perf_counter()
+                rows = await loop.run_in_executor(
+                    AsyncEmbedder._executor, self.encoder.encode, missing
+                )
+                span.set("coe.encoder_ms", (time.perf_counter() - t0) * 1000)
             with self._lock:
                 for text, row in zip(missing, rows, strict=True):
                     self._cache[text] = row

@@ -13,7 +13,9 @@ For each routed request the router decides as usual, then:
 * the router chose another expert with confidence >= ``COE_AFFINITY__MOVE_CONFIDENCE``:
   ``moved``, the conversation follows it;
 * otherwise ``sticky``: the remembered expert answers (its KV cache already holds the
-  conversation's prefix, and the answer keeps one voice).
+  conversation's prefix, and the answer keeps one voice);
+* inside a tool loop (:mod:`coe_router.routing.tool_loop`), the remembered expert answers
+  whatever the router says: ``tool_loop``. It made the call; the result is its to use.
 
 A failing store skips affinity for the request (no outcome, no header).
 """
@@ -78,10 +80,10 @@ class Affinity:
         return self._settings.enabled
 
     async def apply(
-        self, conversation: str, decision: RoutingDecision
+        self, conversation: str, decision: RoutingDecision, *, tool_loop: bool = False
     ) -> tuple[RoutingDecision, str | None]:
-        """The decision to follow and its outcome (``sticky``, ``moved``, ``new``), or the
-        router's decision and None when the store cannot be read."""
+        """The decision to follow and its outcome (``sticky``, ``moved``, ``new``,
+        ``tool_loop``), or the router's decision and None when the store cannot be read."""
         try:
             raw = await self._access.guard.call(
                 "affinity_get", lambda: self._access.store.get(f"affinity:{conversation}")
@@ -91,6 +93,9 @@ class Affinity:
         pinned = raw.decode() if raw is not None else None
         if pinned is None or pinned not in self._experts:
             return decision, "new"
+        if tool_loop:
+            reason = f"tool loop: the result goes back to {pinned!r}, which made the call"
+            return dataclasses.replace(decision, expert=pinned, reason=reason), "tool_loop"
         if pinned == decision.expert:
             return decision, "sticky"
         if decision.confidence >= self._settings.move_confidence:

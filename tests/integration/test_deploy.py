@@ -311,8 +311,31 @@ def test_admin_key_reaches_the_gateways(cpu_config: dict[str, Any]) -> None:
 
 def test_gateway_variables_are_settings(cpu_config: dict[str, Any]) -> None:
     for name in GATEWAYS:
-        unknown = [v for v in env_of(service(cpu_config, name)) if not is_setting(v)]
+        # OTEL_*: OpenTelemetry's standard variables, which coe_router/tracing.py reads.
+        unknown = [v for v in env_of(service(cpu_config, name))
+                   if not is_setting(v) and not v.startswith("OTEL_")]  # fmt: skip
         assert not unknown, f"{name}: not coe-router settings (coe_router/config.py): {unknown}"
+
+
+def test_tracing_profile_is_off_by_default_and_reaches_jaeger(tmp_path: Path) -> None:
+    from coe_router.tracing import wanted_exporters
+
+    off = compose_config(tmp_path, "--profile", "cpu")
+    # `config` lists profiled services too; the profile keeps a plain `up` from starting it.
+    assert service(off, "jaeger").get("profiles") == ["tracing"]
+    for name in GATEWAYS:
+        env = env_of(service(off, name))
+        assert wanted_exporters(env) == [], f"{name} traces without being asked to"
+    on = compose_config(tmp_path, "--profile", "tracing",
+                        OTEL_EXPORTER_OTLP_ENDPOINT="http://jaeger:4318")  # fmt: skip
+    jaeger = service(on, "jaeger")
+    assert set(internal_networks(on)) & set(jaeger["networks"]), "gateways reach it internally"
+    for port in jaeger.get("ports", []):  # the UI has no authentication: loopback only
+        host = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+        assert host == "127.0.0.1", port
+    env = env_of(service(on, "gateway"))
+    assert wanted_exporters(env) == ["otlp"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
 
 
 def test_gateways_reach_redis(cpu_config: dict[str, Any]) -> None:

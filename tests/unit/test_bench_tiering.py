@@ -1,8 +1,11 @@
-"""The tiering benchmark (``bench/tiering.py``) and its virtual-time event loop.
+"""The tiering benchmark (``bench/tiering.py``), its virtual-time event loop and its
+llama-swap baseline (``bench/collation.py``).
 
 The loop must run timers instantly but in order, keep real cross-thread wake-ups
 working, and refuse to hang; a tiny benchmark run must finish with no budget
-violation and end with the JSON line the README documents.
+violation and end with the JSON line the README documents. The llama-swap port must
+collate (ABCABC served as AABBCC with room for one model), evict by cost, and have no
+starvation bound, where ours bounds the cold request's wait.
 """
 
 from __future__ import annotations
@@ -16,18 +19,24 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.collation import CollationScheduler, Matrix
 from bench.tiering import (
     POLICIES,
     PROFILES,
     PoolSpec,
+    StarvationSpec,
     TraceSpec,
     main,
+    make_starvation_trace,
     make_trace,
     percentile,
     popularity,
+    run_starvation,
     run_virtual,
+    starvation_bound_s,
 )
 from bench.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop
+from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 
 pytestmark = pytest.mark.unit
 
@@ -137,7 +146,7 @@ def test_a_small_replay_keeps_the_budget_and_serves_everything() -> None:
     spec = TraceSpec(requests=40, experts=4, rate=0.5, seed=1)
     pool = PoolSpec(PROFILES["small"], budget_experts=1)
     results = run_virtual(pool, spec, POLICIES)
-    assert set(results) == {"fifo", "lru", "ours", "all_awake"}
+    assert set(results) == {"fifo", "lru", "llama_swap", "ours", "all_awake"}
     for r in results.values():
         assert r["violations"] == 0
         assert r["garbage"] == 0
@@ -153,13 +162,110 @@ def test_main_prints_a_table_then_one_json_object(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.split()[:1] == ["ours"] for line in out)
     obj = json.loads(out[-1])
-    assert set(obj) == {"params", "policies", "checks", "runtime_s"}
-    assert list(obj["policies"]) == ["fifo", "lru", "ours", "all_awake"]
+    assert set(obj) == {"params", "policies", "checks", "starvation", "runtime_s"}
+    names = ["fifo", "lru", "llama_swap", "ours", "all_awake"]
+    assert list(obj["policies"]) == names
     keys = {"throughput_rps", "p50_s", "p99_s", "switches", "hot_hit_rate", "violations",
-            "mean_wait_s", "completed", "errors"}  # fmt: skip
+            "mean_wait_s", "max_wait_s", "completed", "errors"}  # fmt: skip
     for r in obj["policies"].values():
         assert keys <= set(r)
         assert r["violations"] == 0
     assert obj["params"]["trace"]["requests"] == 50
     assert obj["params"]["profile"]["name"] == "8b"
     assert obj["checks"]["no_violations"] is True
+    assert "lower_max_wait_than_llama_swap" in obj["checks"]
+    starved = obj["starvation"]
+    assert list(starved["policies"]) == names
+    for r in starved["policies"].values():
+        assert r["violations"] == 0
+        assert "cold_max_wait_s" in r
+    assert starved["checks"]["no_violations"] is True
+    assert any(line.split()[:1] == ["llama_swap"] for line in out)
+
+
+# --- the llama-swap baseline ----------------------------------------------------------------
+
+
+class InstantishDriver:
+    """A residency driver whose wake takes 1 s and sleep 0.5 s (virtual time)."""
+
+    can_sleep = True
+
+    def __init__(self, tier: Tier = Tier.COLD) -> None:
+        self.tier = tier
+
+    async def wake(self, from_tier: Tier) -> None:
+        await asyncio.sleep(1.0)
+        self.tier = Tier.HOT
+
+    async def sleep(self, level: int) -> Tier:
+        await asyncio.sleep(0.5)
+        self.tier = Tier.WARM
+        return self.tier
+
+    async def probe(self) -> Tier:
+        return self.tier
+
+
+def residents(names: list[str]) -> list[ExpertResidency]:
+    return [ExpertResidency(n, 10.0, "gpu0", InstantishDriver()) for n in names]
+
+
+def test_llama_swap_serves_abcabc_as_aabbcc_with_room_for_one() -> None:
+    async def body() -> tuple[list[str], dict[str, int]]:
+        loop = asyncio.get_running_loop()
+        experts = residents(["a", "b", "c"])
+        sched = CollationScheduler(experts, Matrix.any_k_of("abc", 1, {}), clock=loop.time)
+        await sched.start()
+        served: list[str] = []
+
+        async def one(model: str, at: float) -> None:
+            await asyncio.sleep(at)
+            async with sched.hold(model):
+                served.append(model)
+                await asyncio.sleep(2.0)  # generating
+
+        # All six arrive while the first load is still running.
+        await asyncio.gather(*(one(m, 0.1 * i) for i, m in enumerate("abcabc")))
+        await sched.aclose()
+        return served, {e.name: e.wakes for e in experts}
+
+    served, wakes = run(body())
+    assert served == list("aabbcc")
+    assert wakes == {"a": 1, "b": 1, "c": 1}  # arrival order would need 6 loads
+
+
+def test_llama_swap_evicts_the_cheapest_then_in_definition_order() -> None:
+    costly = Matrix.any_k_of(["a", "b", "c"], 2, {"a": 5})
+    assert costly.eviction_for("c", ["a", "b"]) == ["b"]
+    assert Matrix.any_k_of(["a", "b", "c"], 2, {"b": 5}).eviction_for("c", ["a", "b"]) == ["a"]
+    # Equal costs: the first set in definition order that holds c wins ({a, c}).
+    assert Matrix.any_k_of(["a", "b", "c"], 2, {}).eviction_for("c", ["a", "b"]) == ["b"]
+    assert costly.eviction_for("a", ["a", "b"]) == []  # already running
+
+
+def test_under_collation_a_hot_stream_starves_a_cold_request_and_ours_bounds_it() -> None:
+    pool = PoolSpec(PROFILES["small"], budget_experts=2)
+    wanted = [p for p in POLICIES if p.name in ("llama_swap", "ours")]
+    waits: dict[float, dict[str, float]] = {}
+    hot_left: dict[float, float] = {}  # how long the hot streams run after the cold arrival
+    for duration in (60.0, 120.0):
+        spec = StarvationSpec(experts=4, hot=2, duration_s=duration, cold_requests=1)
+        trace = make_starvation_trace(spec, pool.profile)
+        assert sum(r.expert == spec.cold for r in trace) == 1
+        results = run_starvation(pool, spec, wanted)
+        for r in results.values():
+            assert r["violations"] == 0
+            assert r["completed"] == len(trace)
+        cold = {n: r["cold_max_wait_s"] for n, r in results.items()}
+        waits[duration] = cold
+        # Collation serves the cold request only once the hot streams have stopped ...
+        hot_left[duration] = max(r.t for r in trace if r.expert != spec.cold) - spec.cold_at_s[0]
+        assert cold["llama_swap"] >= hot_left[duration]
+        # ... ours drains a busy expert once the cold request waited max_wait_s.
+        assert cold["ours"] <= starvation_bound_s(pool, spec)
+        assert cold["ours"] >= pool.max_wait_s
+    # The collation wait grows with the hot traffic; ours does not.
+    grown = waits[120.0]["llama_swap"] - waits[60.0]["llama_swap"]
+    assert grown >= hot_left[120.0] - hot_left[60.0] > 0
+    assert waits[120.0]["ours"] <= starvation_bound_s(pool, spec)

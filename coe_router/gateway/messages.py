@@ -1,0 +1,188 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: Anthropic's API, HTTP in and out.
+
+A Messages request is routed exactly like a chat completion, through the same
+placement (router, affinity, tool loops, wake cost, decision log), rate limits, response
+cache and :class:`~coe_router.lifecycle.RequestLifecycle`; the body is translated to the
+expert's OpenAI chat API and the answer back (:mod:`coe_router.anthropic`). A request
+that asks for synthesis takes the chat path's panel (:mod:`coe_router.gateway.synthesis`)
+and its answer is re-framed. Errors on these routes take Anthropic's shape
+(:mod:`coe_router.gateway.handlers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from coe_router import tracing
+from coe_router.aggregation.plan import plan_synthesis
+from coe_router.anthropic.count import estimate, exact, tokenize_body
+from coe_router.anthropic.relay import MessagesRelay, TranslatedStream
+from coe_router.anthropic.translate import from_openai, openai_messages, to_openai
+from coe_router.anthropic.types import CountTokensRequest, MessagesRequest, TokenCount
+from coe_router.errors import UpstreamError, UpstreamUnavailable
+from coe_router.gateway.auth import caller_id, require_api_key
+from coe_router.gateway.body import read_json, validate
+from coe_router.gateway.context import AppContext, app_context
+from coe_router.gateway.disconnect import until_disconnect
+from coe_router.gateway.headers import coe_info, routing_headers
+from coe_router.gateway.responses import SSEResponse, replay
+from coe_router.gateway.synthesis import synthesis_response
+from coe_router.gateway.traced import traced
+from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
+from coe_router.protocol import ChatCompletionRequest, ChatMessage
+from coe_router.routing.base import RoutingDecision
+from coe_router.shared.ratelimit import limit_headers
+
+log = logging.getLogger("coe_router.gateway")
+router = APIRouter()
+
+#: Marks a Messages request's cache key: the same JSON can be a valid chat request too,
+#: and the two must not share a cached answer.
+_CACHE_API = "anthropic.messages"
+
+
+@router.post("/v1/messages", dependencies=[Depends(require_api_key)])
+async def messages(request: Request) -> Response:
+    """Route the conversation, then answer as Anthropic's Messages API (streamed or not)."""
+    started = time.perf_counter()
+    return await traced("messages", request, lambda span: _messages(request, span, started))
+
+
+async def _messages(
+    request: Request, span: tracing.Span, started: float
+) -> tuple[Response, RequestLifecycle | None]:
+    ctx = app_context(request)
+    shared = ctx.shared
+    with tracing.validation_span():
+        body = await read_json(request, ctx.settings.server.max_body_bytes)
+        req = validate(MessagesRequest, body)
+        forward = to_openai(req)
+        chat = [ChatMessage.model_validate(m) for m in forward["messages"]]
+    span.set("gen_ai.request.model", req.model)
+    span.set("coe.stream", bool(req.stream))
+    as_chat = ChatCompletionRequest.model_validate({**forward, "coe": req.coe})
+    plan = plan_synthesis(as_chat, ctx.catalog, ctx.settings.synthesis)
+    caller = caller_id(request)
+    keyed = {"api": _CACHE_API, **{k: v for k, v in body.items() if k != "metadata"}}
+    cache = None if plan else shared.cache.plan(req.model, keyed, bool(req.stream), caller)
+    if cache is None:
+        quota, hit = await shared.limiter.admit(caller), None
+    else:
+        quota, hit = await asyncio.gather(shared.limiter.admit(caller), shared.cache.lookup(cache))
+    headers = limit_headers(quota) if quota is not None else {}
+    if cache is not None:
+        if hit is not None:
+            return replay(hit, headers), None
+        headers["x-coe-cache"] = "miss"
+    given = req.coe.conversation_id if req.coe is not None else None
+    placed = await ctx.placement.place(req.model, chat, caller, given)
+    if placed.affinity is not None:
+        headers["x-coe-affinity"] = placed.affinity
+    lifecycle = RequestLifecycle(
+        ctx.lifecycle, model=req.model, caller=caller, cache_plan=cache, started=started,
+        span=span,
+    )  # fmt: skip
+    try:
+        if plan is not None:  # several experts answer; the chat path's answer, re-framed
+            merged = await synthesis_response(
+                request, ctx, as_chat, forward, placed.decision, plan, lifecycle, headers
+            )
+            response = _as_message(merged, req)
+        else:
+            response = await _answer(
+                request, ctx, req, forward, placed.decision, lifecycle, headers
+            )
+    except ClientDisconnected:
+        response = Response(status_code=int(CLIENT_CLOSED))
+    return response, lifecycle
+
+
+async def _answer(
+    request: Request,
+    ctx: AppContext,
+    req: MessagesRequest,
+    forward: dict[str, Any],
+    decision: RoutingDecision,
+    lifecycle: RequestLifecycle,
+    headers: dict[str, str],
+) -> Response:
+    """One expert answers the translated request; its answer is translated back."""
+    expert = ctx.pool.get(decision.expert)
+    if expert is None:  # a router named an expert the pool lacks: config drift, say so
+        raise UpstreamUnavailable(f"router chose unknown expert {decision.expert!r}")
+    forward["model"] = expert.spec.served_model_name
+    routing = routing_headers(decision)
+    headers = {**routing, **headers}
+    lifecycle.begin(expert.name, decision.strategy)
+    with lifecycle.guard():
+        await until_disconnect(request, lifecycle.occupy(expert.name))
+        if req.stream:
+            upstream = await until_disconnect(request, expert.stream(forward))
+            limit = ctx.shared.cache.max_entry_bytes if lifecycle.cache_plan is not None else None
+            relay = MessagesRelay(
+                upstream, lifecycle, model=req.model, stop_sequences=req.stop_sequences,
+                routing_headers=routing, capture_limit=limit,
+            )  # fmt: skip
+            return SSEResponse(relay, headers=headers)
+        result, _replica = await until_disconnect(request, expert.complete(forward))
+        message = from_openai(result, model=req.model, stop_sequences=req.stop_sequences)
+        out = message.model_dump(mode="json")
+        out["coe"] = coe_info(decision, req.model).model_dump(exclude_none=True)
+        payload = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+    lifecycle.completed(result, payload, routing)
+    return Response(payload, media_type="application/json", headers=headers)
+
+
+def _as_message(response: Response, req: MessagesRequest) -> Response:
+    """A synthesis answer (a chat completion or its stream) as a Message or its events."""
+    headers = {k: v for k, v in response.headers.items() if k.startswith("x-")}
+    if isinstance(response, SSEResponse):
+        events = TranslatedStream(
+            response.stream, model=req.model, stop_sequences=req.stop_sequences
+        )
+        return SSEResponse(events, headers=headers)
+    if response.status_code != 200:
+        return response
+    result = json.loads(bytes(response.body))
+    out = from_openai(result, model=req.model, stop_sequences=req.stop_sequences)
+    payload = out.model_dump(mode="json")
+    payload["coe"] = result.get("coe")
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.post("/v1/messages/count_tokens", dependencies=[Depends(require_api_key)])
+async def count_tokens(request: Request) -> Response:
+    """The input tokens of a Messages request: the routed expert's own count when it is
+    awake (vLLM's ``/tokenize``), else an estimate marked ``"approximate": true``."""
+    return await traced("messages.count_tokens", request, lambda _: _count(request))
+
+
+async def _count(request: Request) -> tuple[Response, None]:
+    ctx = app_context(request)
+    with tracing.validation_span():
+        body = await read_json(request, ctx.settings.server.max_body_bytes)
+        req = validate(CountTokensRequest, body)
+        chat = [ChatMessage.model_validate(m) for m in openai_messages(req)]
+    # The router's choice, without affinity or logging: counting is not a turn.
+    decision, _ = await ctx.placement.decide(req.model, chat)
+    expert = ctx.pool.get(decision.expert)
+    count: TokenCount | None = None
+    # A sleeping expert is not woken to count: the estimate is cheaper than a wake.
+    if expert is not None and ctx.pool.expected_wake_s(expert.name) == 0:
+        try:
+            count = exact(await expert.tokenize(tokenize_body(req, expert.spec.served_model_name)))
+        except UpstreamError as exc:
+            log.info("count_tokens: %s could not count (%s); estimating", expert.name, exc)
+    if count is None:
+        count = estimate(req)
+    headers = {**routing_headers(decision),
+               "x-coe-token-count": "approximate" if count.approximate else "exact"}  # fmt: skip
+    return JSONResponse(count.model_dump(), headers=headers), None
