@@ -83,6 +83,16 @@ def test_upstream_failures_say_a_request_id_not_the_upstream(
                 time.sleep(0.05)
 
 
+def test_anthropic_shaped_errors_say_no_more(gw: GatewayProcess, dead_url: str) -> None:
+    body = {"model": "gone", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        resp = client.post("/v1/messages", json=body)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["type"] == "error"
+    assert resp.json()["error"]["message"].endswith(f"(request id {resp.headers['x-request-id']})")
+    assert not leaks(resp.text, dead_url)
+
+
 FAKE_VLLM = """#!{python}
 import json, os, sys, time
 with open(os.environ["DUMP_ENV_TO"], "w") as f:

@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import stat
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.conftest import StartGateway, catalog, log_of
+from tests.support import free_port, launch_gateway
 
 CHAT = "/v1/chat/completions"
 DRAIN_S = 2.0
@@ -91,3 +95,55 @@ async def test_sigterm_lets_requests_finish_then_ends_the_rest_in_band(
     log = log_of(gw)
     assert "Traceback" not in log
     assert "Cancel" not in log  # uvicorn's own backstop never had to cut anything
+
+
+FAKE_EXPERT = """#!{python}
+import os, signal, sys, time
+def stop(*_):
+    with open(os.environ["STOPPED_AT"], "w") as f:
+        f.write(repr(time.monotonic()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+open(os.environ["STOPPED_AT"] + ".started", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+async def test_launched_experts_stop_only_after_the_drain(tmp_path: Path, canned_url: str) -> None:
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_EXPERT.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    stopped_at = tmp_path / "stopped-at"
+    experts = catalog(canned_url, [("general", "general"), ("slow", "slow-stream")])
+    experts["experts"].append({
+        "name": "local", "served_model_name": "local", "categories": ["local"],
+        "required": False, "launch": {"model": str(model), "port": free_port(),
+                                      "env": {"STOPPED_AT": str(stopped_at)}},
+    })  # fmt: skip
+    gw = launch_gateway(
+        tmp_path / "gw", experts, env={"COE_SERVER__DRAIN_S": str(DRAIN_S),
+                                       "COE_LOCAL__PYTHON": str(fake)},
+        ready_path="/health", timeout_s=60, keep_coe_env=False,
+    )  # fmt: skip
+    try:
+        started = Path(str(stopped_at) + ".started")
+        deadline = time.monotonic() + 20
+        while not await asyncio.to_thread(started.exists):
+            assert time.monotonic() < deadline, gw.log_tail()
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            flag = asyncio.Event()
+            slow = asyncio.create_task(read_stream(client, "slow", flag))
+            await asyncio.wait_for(flag.wait(), 10)
+            gw.process.send_signal(signal.SIGTERM)
+            await slow
+            stream_ended = time.monotonic()
+        gw.process.wait(15)
+    finally:
+        gw.stop(10)
+    # The expert got its SIGTERM after the stream it might have served had ended.
+    assert float(stopped_at.read_text()) >= stream_ended - 0.2
