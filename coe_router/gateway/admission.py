@@ -34,16 +34,14 @@ _LIMITED_PREFIX = "/v1/"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _json(
-    status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]]
-) -> list[Message]:
+async def _send_json(
+    send: Send, status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]]
+) -> None:
     data = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
             *headers]  # fmt: skip
-    return [
-        {"type": "http.response.start", "status": status, "headers": head},
-        {"type": "http.response.body", "body": data, "more_body": False},
-    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 class Admission:
@@ -68,10 +66,9 @@ class Admission:
         id_header = (b"x-request-id", rid.encode())
         path: str = scope["path"]
         if not path.isascii() and not _valid_unicode(path):
-            for m in _json(400, error_body(
-                    "The request path is not valid Unicode.", "invalid_request_error",
-                    None, "invalid_path"), [id_header]):  # fmt: skip
-                await send(m)
+            body = error_body("The request path is not valid Unicode.", "invalid_request_error",
+                              None, "invalid_path")  # fmt: skip
+            await _send_json(send, 400, body, [id_header])
             return
         limited = path.startswith(_LIMITED_PREFIX)
         if limited and self.in_flight >= self._settings.max_concurrency:
@@ -79,53 +76,66 @@ class Admission:
                 "The gateway is serving as many requests as it may; retry shortly.",
                 "service_unavailable", None, "overloaded",
             )  # fmt: skip
-            for m in _json(503, body, [(b"retry-after", b"1"), id_header]):
-                await send(m)
+            await _send_json(send, 503, body, [(b"retry-after", b"1"), id_header])
             return
+        task = asyncio.current_task()
+        assert task is not None
+        flight = InFlight(task)
+        timer = None
         if scope.get("method") in _BODY_METHODS:
-            receive = self._body_deadline(receive)
+            # One timer per request (not one timeout per receive): the hot path stays cheap.
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._settings.body_timeout_s, _body_overdue, flight)
+            receive = self._bounded(receive, flight, timer)
         self.in_flight += limited
+        self._drain.active.add(flight)
         try:
-            await self._serve(scope, receive, send, id_header)
+            await self._serve(scope, receive, send, flight, id_header)
         finally:
             self.in_flight -= limited
+            self._drain.active.discard(flight)
+            if timer is not None:
+                timer.cancel()
 
-    def _body_deadline(self, receive: Receive) -> Receive:
+    def _bounded(self, receive: Receive, flight: InFlight, timer: asyncio.TimerHandle) -> Receive:
         """``receive`` that raises :class:`RequestTimeout` once the body is overdue."""
-        deadline = asyncio.get_running_loop().time() + self._settings.body_timeout_s
-        done = False
 
         async def bounded() -> Message:
-            nonlocal done
-            if done:
+            if flight.body_done:
                 return await receive()
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise RequestTimeout(
-                    f"The request body did not arrive within {self._settings.body_timeout_s:g} s.",
-                    code="request_timeout",
-                ) from None
-            done = message["type"] != "http.request" or not message.get("more_body", False)
+                message = await receive()
+            except asyncio.CancelledError:
+                if not flight.body_overdue:
+                    raise
+                flight.task.uncancel()
+                raise self._timeout() from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                flight.body_done = True
+                timer.cancel()
             return message
 
         return bounded
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        flight = InFlight(task)
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"The request body did not arrive within {self._settings.body_timeout_s:g} s.",
+            code="request_timeout",
+        )
 
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        flight: InFlight,
+        id_header: tuple[bytes, bytes],
+    ) -> None:
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), id_header]
                 message = {**message, "headers": headers}
-                flight.started = True
-                flight.sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                                 for k, v in headers)  # fmt: skip
+                flight.headers = headers
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 if chunk:
@@ -133,16 +143,20 @@ class Admission:
                 flight.complete = not message.get("more_body", False)
             await send(message)
 
-        self._drain.active.add(flight)
         try:
             await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
-            if not flight.expired:
+            if flight.expired:
+                flight.task.uncancel()
+                await self._cut_short(flight, send, id_header)
+            elif flight.body_overdue and not flight.body_done:
+                # Overdue while the route was busy elsewhere than reading (rare): same answer.
+                flight.task.uncancel()
+                if flight.headers is None:
+                    body = self._timeout().to_body()
+                    await _send_json(send, 408, body, [(b"connection", b"close"), id_header])
+            else:
                 raise
-            task.uncancel()
-            await self._cut_short(flight, send, id_header)
-        finally:
-            self._drain.active.discard(flight)
 
     async def _cut_short(
         self, flight: InFlight, send: Send, id_header: tuple[bytes, bytes]
@@ -154,16 +168,24 @@ class Admission:
             "The gateway is shutting down; retry the request.", "service_unavailable",
             None, "shutting_down",
         )  # fmt: skip
-        if not flight.started:
-            for m in _json(503, body, [(b"retry-after", b"1"), (b"connection", b"close"),
-                                       id_header]):  # fmt: skip
-                await send(m)
+        if flight.headers is None:
+            headers = [(b"retry-after", b"1"), (b"connection", b"close"), id_header]
+            await _send_json(send, 503, body, headers)
             return
+        sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                  for k, v in flight.headers)  # fmt: skip
         tail = b""
-        if flight.sse:
+        if sse:
             # A half-written event would swallow ours: finish it first.
             tail = (b"" if flight.at_boundary else b"\n\n") + sse_event(body) + DONE
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _body_overdue(flight: InFlight) -> None:
+    """The body deadline passed: stop the request (its route answers 408)."""
+    if not flight.body_done and not flight.complete:
+        flight.body_overdue = True
+        flight.task.cancel()
 
 
 def _valid_unicode(text: str) -> bool:

@@ -23,16 +23,18 @@ class InFlight:
     """One request being served: its task, and what of its answer has gone out."""
 
     task: asyncio.Task[object]
-    #: ``http.response.start`` was sent (its status can no longer change).
-    started: bool = False
-    #: The answer is ``text/event-stream``.
-    sse: bool = False
+    #: The headers of ``http.response.start``, once sent (the status can no longer change).
+    headers: list[tuple[bytes, bytes]] | None = None
     #: The last body bytes sent ended an SSE event (``\n\n``): an event may follow.
     at_boundary: bool = True
     #: The last body message was sent (nothing more may be).
     complete: bool = False
     #: Cancelled by the drain deadline (not by the client or the server).
     expired: bool = False
+    #: The whole request body has been received.
+    body_done: bool = False
+    #: Cancelled by the body deadline (``COE_SERVER__BODY_TIMEOUT_S``).
+    body_overdue: bool = False
 
 
 @dataclass
