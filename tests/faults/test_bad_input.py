@@ -54,6 +54,13 @@ def test_a_lone_surrogate_in_the_body_is_a_400(gw: GatewayProcess, raw: bytes) -
             error = openai_error(resp, 400)
             assert error["type"] == "invalid_request_error"
             assert error["code"] == "invalid_json"
+        # The Messages API says the same in Anthropic's shape.
+        resp = client.post(
+            "/v1/messages", content=raw.replace(b'"model"', b'"max_tokens": 8, "model"')
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["type"] == "error"
+        assert resp.json()["error"]["type"] == "invalid_request_error"
         # A valid surrogate pair (an emoji) is fine, escaped or not.
         ok = client.post(CHAT, json={"model": "coe", "messages": [
             {"role": "user", "content": "\U0001f600"}]})  # fmt: skip
