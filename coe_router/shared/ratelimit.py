@@ -1,4 +1,8 @@
-"""Per-API-key rate limits: requests and tokens per minute, sliding window, on the store.
+"""Per-caller rate limits: requests and tokens per minute, sliding window, on the store.
+
+The caller is the API key (its id), or the client's address when no keys are configured
+(``gateway/auth.py``: ``caller_id``). A synthesis counts each of its expert calls
+(:meth:`RateLimiter.count_requests`).
 
 Before routing, :meth:`RateLimiter.admit` counts the request atomically (one Lua script
 on Redis) if the key's sliding-window estimate leaves room for it and its tokens are
