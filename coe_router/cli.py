@@ -66,24 +66,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from coe_router import tracing
     from coe_router.gateway import create_app
+    from coe_router.gateway.server import GatewayServer, gateway_config
 
     settings = _settings(args)
     app = create_app(settings)
+    s = settings.server
+    config = gateway_config(
+        app, host=s.host, port=s.port, log_level=s.log_level, access_log=args.access_log,
+        header_timeout_s=s.header_timeout_s, drain_s=s.drain_s,
+    )  # fmt: skip
     # The OTEL_* variables decide; off (and opentelemetry never imported) unless they ask.
     tracer = tracing.configure()
     try:
-        uvicorn.run(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            log_level=settings.server.log_level,
-            access_log=args.access_log,
-            timeout_graceful_shutdown=5,
-        )
+        GatewayServer(config, app.state.drain).run()
     finally:
         tracer.shutdown()  # export what is still batched
     return 0

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coe_router.protocol import AggregationStrategy
@@ -39,6 +39,25 @@ class ServerSettings(BaseModel):
     #: Request bodies above this many bytes get a 413 before they are parsed.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     log_level: str = "info"
+    #: Most choices (``n``) one chat request may ask for; more is a 400.
+    max_n: int = Field(default=16, ge=1)
+    #: Requests on ``/v1/*`` served at once; more get a 503 with ``retry-after``.
+    #: Probes (``/health``, ``/ready``, ``/metrics``) are never refused.
+    max_concurrency: int = Field(default=1024, ge=1)
+    #: A client must send a request's headers within this many seconds of starting it
+    #: (or of connecting); slower connections are answered 408 and closed.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: A request's whole body must arrive within this many seconds of its headers (408).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    #: On SIGTERM: in-flight requests and streams get this long to finish; then streams end
+    #: in-band (an error event, then ``[DONE]``) and other requests get a 503.
+    drain_s: float = Field(default=30.0, ge=0)
+    #: Serve ``/docs`` and ``/openapi.json`` (off: they describe the deployment to anyone).
+    docs: bool = False
+    #: Proxies (CIDRs, e.g. ``["10.0.0.0/8"]``) whose ``X-Forwarded-For`` / ``Forwarded``
+    #: headers name the client; from anyone else those headers are ignored. The client
+    #: address is the rate-limit identity when no API keys are configured.
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
 
 
 class UpstreamSettings(BaseModel):
@@ -205,6 +224,9 @@ class DecisionLogSettings(BaseModel):
     max_entries: int = Field(default=100_000, ge=1)
     #: Prompts are cut to this many characters.
     max_prompt_chars: int = Field(default=4000, ge=1)
+    #: An entry's UTF-8 size at most (its prompt is cut further to fit): with Redis'
+    #: ``maxmemory``, ``max_entries * max_entry_bytes`` is what the log may take.
+    max_entry_bytes: int = Field(default=16 * 1024, ge=1024)
 
 
 class Settings(BaseSettings):

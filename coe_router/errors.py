@@ -29,11 +29,16 @@ package that imports redis), into :class:`StateUnavailable`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+
+from coe_router.request_id import current_request_id
+
+log = logging.getLogger("coe_router.errors")
 
 
 class CoEError(Exception):
@@ -42,6 +47,10 @@ class CoEError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
     default_code: str | None = None
+    #: What a client is told when the message is not for clients (None: the message).
+    #: Upstream errors set it: their messages name replica URLs and repeat the expert's
+    #: own error text, which go to the log, with the request id, instead.
+    client_text: str | None = None
 
     def __init__(
         self,
@@ -58,9 +67,20 @@ class CoEError(Exception):
         if status_code is not None:
             self.status_code = status_code
 
+    @property
+    def public_message(self) -> str:
+        """The message, or :attr:`client_text` and the request id to find it in the log."""
+        if self.client_text is None:
+            return self.message
+        rid = current_request_id()
+        return f"{self.client_text} (request id {rid})" if rid else self.client_text
+
     def to_body(self) -> dict[str, Any]:
-        """The OpenAI-style error body."""
-        return error_body(self.message, self.error_type, self.param, self.code)
+        """The OpenAI-style error body, with :attr:`public_message`. An error whose message
+        is kept from the client is logged here: once for each time a client is told."""
+        if self.client_text is not None:
+            log.warning("request %s: %s", current_request_id() or "-", self.message)
+        return error_body(self.public_message, self.error_type, self.param, self.code)
 
 
 def error_body(
@@ -113,6 +133,7 @@ class UpstreamError(CoEError):
 
     status_code = 502
     error_type = "upstream_error"
+    client_text: str | None = "The expert failed to give a usable answer."
     default_code = "upstream_error"
     #: Short label for metrics (``coe_upstream_errors_total{kind}``).
     kind: str = "error"
@@ -127,6 +148,9 @@ class UpstreamStatusError(UpstreamError):
     """The expert rejected the request itself (a 4xx); passed on unchanged."""
 
     kind = "status"
+    #: The expert's own 4xx is about the client's request (context length, a bad
+    #: parameter): passed on as it came.
+    client_text = None
 
     def __init__(self, status_code: int, body: dict[str, Any]) -> None:
         # OpenAI's shape nests the fields under "error"; older vLLM sends them flat.
@@ -148,6 +172,7 @@ class UpstreamBadResponse(UpstreamError):
     """The expert answered with something that is not an OpenAI response."""
 
     default_code = "upstream_bad_response"
+    client_text = "The expert sent an answer that is not a valid response."
     kind = "bad_response"
 
 
@@ -156,6 +181,7 @@ class UpstreamUnavailable(UpstreamError):
 
     status_code = 503
     default_code = "expert_unavailable"
+    client_text = "No replica of the expert can take the request right now."
     kind = "unavailable"
 
 
@@ -163,6 +189,7 @@ class ExpertStarting(UpstreamUnavailable):
     """The expert's local process is still loading its weights."""
 
     default_code = "expert_starting"
+    client_text = "The expert is still starting; retry shortly."
     kind = "starting"
 
 
@@ -171,6 +198,7 @@ class UpstreamTimeout(UpstreamError):
 
     status_code = 504
     default_code = "upstream_timeout"
+    client_text = "The expert did not answer in time."
     kind = "timeout"
 
 

@@ -125,6 +125,11 @@ class RequestLifecycle:
         self._first_byte_seen = True
         self._services.metrics.ttft.labels(self.expert).observe(time.perf_counter() - self.started)
 
+    def count_calls(self, calls: int) -> None:
+        """The request makes ``calls`` expert calls (a synthesis: k members and maybe an
+        aggregator): count the ones beyond the first against the caller's request limit."""
+        self._services.limiter.count_requests(self.caller, calls - 1)
+
     def charge(self, tokens: int | None) -> None:
         """Count a complete answer's tokens against the caller's token limit."""
         self.span.set("gen_ai.usage.total_tokens", tokens)

@@ -91,7 +91,7 @@ class Metrics:
         )
         self.replica_up = Gauge(
             "coe_replica_up",
-            "1 when the replica passes health checks, else 0.",
+            "1 when the replica passes health checks, else 0 (replica: its index in the catalog).",
             ["expert", "replica"],
             registry=r,
         )

@@ -11,7 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 #: How a synthesis merges its panel's answers: the one set of names, used by the request's
 #: ``coe.strategy``, the catalog, the settings and the registry in
@@ -25,10 +31,22 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+#: Key of the request validation context holding the largest ``n`` accepted
+#: (``COE_SERVER__MAX_N``); see :meth:`ChatCompletionRequest.bounded_n`.
+MAX_N = "max_n"
+
+
+class OpenAIRequestModel(OpenAIBaseModel):
+    """Base of request types: typed fields are strict (``"stream": "yes"`` or ``"n": "2"`` is
+    a 400, not coerced), since the expert receives the client's original values, not ours."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
-class ChatMessage(OpenAIBaseModel):
+class ChatMessage(OpenAIRequestModel):
     """One message of a conversation (any role; tool calls and parts pass through)."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -36,7 +54,7 @@ class ChatMessage(OpenAIBaseModel):
     name: str | None = None
 
 
-class StreamOptions(OpenAIBaseModel):
+class StreamOptions(OpenAIRequestModel):
     """``stream_options`` of a streaming request."""
 
     include_usage: bool | None = None
@@ -45,7 +63,7 @@ class StreamOptions(OpenAIBaseModel):
 class CoERequestOptions(BaseModel):
     """The request's ``coe`` extension object. Unknown keys are an error, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     #: Ask several experts and merge their answers (default: the virtual model's setting).
     synthesis: bool | None = None
@@ -58,12 +76,12 @@ class CoERequestOptions(BaseModel):
     conversation_id: str | None = Field(default=None, min_length=1, max_length=256)
 
 
-class ChatCompletionRequest(OpenAIBaseModel):
+class ChatCompletionRequest(OpenAIRequestModel):
     """``POST /v1/chat/completions`` body. Only the fields the gateway reads are typed;
     the rest (tools, response_format, logprobs, ...) are kept as extras and forwarded."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str
+    model: str = Field(examples=["coe"])
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
@@ -83,12 +101,21 @@ class ChatCompletionRequest(OpenAIBaseModel):
     # --- coe-router extensions ---
     coe: CoERequestOptions | None = None
 
+    @field_validator("n")
+    @classmethod
+    def bounded_n(cls, n: int | None, info: ValidationInfo) -> int | None:
+        """``n`` up to the context's :data:`MAX_N` (each choice costs a whole generation)."""
+        limit = (info.context or {}).get(MAX_N)
+        if n is not None and isinstance(limit, int) and n > limit:
+            raise ValueError(f"at most {limit} choices per request")
+        return n
 
-class RouteRequest(OpenAIBaseModel):
+
+class RouteRequest(OpenAIRequestModel):
     """``POST /v1/route``: the same body as a chat completion; nothing is generated."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str = "coe"
+    model: str = Field(default="coe", examples=["coe"])
 
 
 # --- responses --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ by the pool's own ``tiers.queue_timeout_s`` and reported as ``wait_ms``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -19,6 +20,9 @@ from typing import Any
 
 from coe_router.errors import CoEError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from coe_router.experts.expert import ExpertClient
+from coe_router.request_id import current_request_id
+
+log = logging.getLogger("coe_router.aggregation")
 
 #: Wraps one expert call; the tiered pool's ``hold`` keeps the expert awake for it.
 Hold = Callable[[str], AbstractAsyncContextManager[None]]
@@ -51,8 +55,9 @@ class PanelAnswer:
             "latency_ms": round(self.latency_s * 1000, 1),
             "wait_ms": round(self.wait_s * 1000, 1), "score": self.score,
         }  # fmt: skip
-        if self.error:
-            out["error"] = self.error
+        if self.error:  # the client's text: the exception's own names replica URLs
+            public = self.exception.client_text if self.exception is not None else None
+            out["error"] = public or self.error
         return out
 
 
@@ -83,6 +88,9 @@ async def ask_panel(
             answer.error = f"no answer within {timeout_s:g} s"
             answer.error_status = UpstreamTimeout.status_code
         except CoEError as exc:
+            # The client sees only the error's public text (report()); the detail is logged.
+            log.warning("request %s: panel member %r failed: %s",
+                        current_request_id() or "-", expert.name, exc.message)  # fmt: skip
             answer.error = exc.message
             answer.error_status = exc.status_code
             answer.exception = exc

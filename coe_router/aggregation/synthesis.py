@@ -56,6 +56,7 @@ class Synthesis:
         self.expert = aggregator if self.strategy.uses_aggregator else members[0][0].name
 
     async def _panel(self) -> Merge:
+        self.lifecycle.count_calls(len(self.members) + int(self.strategy.uses_aggregator))
         answers = await ask_panel(
             self.members, self.forward, self._settings.expert_timeout_s, self.lifecycle.hold
         )

@@ -20,40 +20,56 @@ from decimal import Decimal, InvalidOperation
 
 from coe_router.aggregation.panel import PanelAnswer
 
+#: Only the end of an answer is read (where final answers are): with linear-time
+#: patterns this bounds the work per answer, whatever an expert sends.
+SCAN_CHARS = 2000
+
+# The patterns run in linear time: no two quantifiers can match the same characters
+# (each ``\s*`` follows a mandatory non-space token), and whole lines use ``[ \t]*``, not
+# ``\s*``, so a run of blank lines is not re-scanned from each line start.
+#
 # Letters are matched in capitals only: "the answer is a prime" is not option A. In order of
 # trust: after "answer", alone on a line or opening the answer ("B) Paris"), after "option".
 _LETTERS = [
-    re.compile(r"(?i:answer)\s*(?:is)?\s*[:=]?\s*\(?\*{0,2}([A-J])\b(?!['\u2019])"),
+    re.compile(r"(?i:answer)\s*(?:is\s*)?(?:[:=]\s*)?\(?\*{0,2}([A-J])\b(?!['\u2019])"),
     re.compile(
-        r"^\s*\(?\*{0,2}([A-J])\*{0,2}[).:]?\s*$|\A\s*\(?\*{0,2}([A-J])\*{0,2}[).:]\s", re.MULTILINE
+        r"^[ \t]*\(?\*{0,2}([A-J])\*{0,2}[).:]?[ \t\r]*$|\A\s*\(?\*{0,2}([A-J])\*{0,2}[).:]\s",
+        re.MULTILINE,
     ),
-    re.compile(r"(?i:option|choice)\s*(?:is)?\s*[:=]?\s*\(?\*{0,2}([A-J])\b(?!['\u2019])"),
+    re.compile(r"(?i:option|choice)\s*(?:is\s*)?(?:[:=]\s*)?\(?\*{0,2}([A-J])\b(?!['\u2019])"),
 ]
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 #: A number right after an explicit final-answer marker.
 _MARKED = re.compile(
-    r"(?:answer\s*(?:is)?\s*[:=]?|####|final\s*result\s*(?:is)?\s*[:=]?)\s*\**\s*[$€£]?\s*("
-    + _NUMBER
-    + ")",
+    r"(?:answer\s*(?:is\s*)?|####\s*|final\s*result\s*(?:is\s*)?)"
+    r"(?:[:=]\s*)?(?:\*+\s*)?(?:[$\u20ac\u00a3]\s*)?(" + _NUMBER + ")",
     re.IGNORECASE,
 )
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 def _number(text: str) -> str:
-    """``1,234.50`` -> ``1234.5``; exact (no rounding, so distinct numbers stay distinct)."""
+    """``1,234.50`` -> ``1234.5``; exact (no rounding, so distinct numbers stay distinct).
+
+    Formatted as a :class:`~decimal.Decimal`, never through ``int``: Python refuses to
+    turn integers of more than 4,300 digits into text, and an expert may send one.
+    """
     try:
         value = Decimal(text.replace(",", ""))
     except InvalidOperation:  # pragma: no cover - the regex only matches numbers
         return text
     if value == value.to_integral_value():
-        return str(int(value))
+        return format(value.to_integral_value(), "f")
     return format(value.normalize(), "f")
 
 
 def normalize(text: str) -> str | None:
-    """The comparable final answer of ``text``, or None when it has none."""
+    """The comparable final answer of ``text``, or None when it has none.
+
+    Reads the last :data:`SCAN_CHARS` characters only; linear in those.
+    """
+    text = text[-SCAN_CHARS:]
     boxed = _BOXED.findall(text)
     if boxed:
         text = boxed[-1]

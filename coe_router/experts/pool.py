@@ -181,8 +181,10 @@ class ExpertPool:
         """One health round over every replica, concurrently."""
         replicas = self.replicas()
         await asyncio.gather(*(r.check_health() for r in replicas))
-        for r in replicas:
-            self._metrics.replica_up.labels(r.expert, r.base_url).set(r.state == "up")
+        for e in self.experts.values():
+            # The replica's index in the catalog, not its URL: /metrics is unauthenticated.
+            for i, r in enumerate(e.replicas):
+                self._metrics.replica_up.labels(r.expert, str(i)).set(r.state == "up")
 
     async def _health_loop(self) -> None:
         interval = self._settings.upstream.health_interval_s

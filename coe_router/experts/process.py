@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,26 @@ def _die_with_parent() -> None:
     """In the child: get SIGTERM if the gateway dies without cleaning up (Linux only)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+#: What a launched expert inherits from the gateway's environment: what vLLM, torch and
+#: the Hugging Face libraries read, and the basics of a process. Nothing else: the gateway's
+#: own settings hold its secrets (``COE_AUTH__*``, ``COE_REDIS_URL``), which an expert
+#: must never see. The catalog's ``launch.env`` is added on top.
+_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "LD_PRELOAD", "SSL_CERT_FILE", "SSL_CERT_DIR",
+})  # fmt: skip
+_ENV_PREFIXES = (
+    "VLLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH_", "PYTORCH_",
+    "OMP_", "KMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "NCCL_", "LC_", "XDG_",
+)  # fmt: skip
+
+
+def expert_environment(parent: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a launched expert: the allowed part of ``parent``, then ``extra``."""
+    env = {k: v for k, v in parent.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    return {**env, **extra, "PYTHONUNBUFFERED": "1"}
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -110,7 +131,7 @@ class LocalProcess:
             )
             return
         self._settings.run_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        env = expert_environment(os.environ, self.spec.env)
         with self.log_path.open("wb") as logf:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(),

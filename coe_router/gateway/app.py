@@ -15,8 +15,11 @@ from coe_router.catalog import load_catalog
 from coe_router.config import Settings
 from coe_router.experts.pool import ExpertPool
 from coe_router.gateway import admin, chat, messages, meta
+from coe_router.gateway.admission import Admission
 from coe_router.gateway.context import AppContext
+from coe_router.gateway.drain import Drain
 from coe_router.gateway.handlers import install_handlers
+from coe_router.gateway.schema import install_openapi
 from coe_router.lifecycle import LifecycleServices
 from coe_router.metrics import Metrics
 from coe_router.routing.embedder import shutdown_encoder_executor
@@ -97,16 +100,22 @@ def create_app(
             gc.freeze()
             yield
 
+    docs = settings.server.docs  # off by default: the schema describes the deployment
     app = FastAPI(
         title="coe-router",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         redoc_url=None,
     )
+    # The CLI's server starts the drain on SIGTERM; the middleware ends what outlives it.
+    app.state.drain = Drain(settings.server.drain_s)
+    app.add_middleware(Admission, settings=settings.server, drain=app.state.drain)
     install_handlers(app)
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(meta.router)
     app.include_router(admin.router)
+    install_openapi(app, [*table.routers, *(e.name for e in catalog.experts)])
     return app

@@ -11,6 +11,7 @@ import hmac
 from fastapi import Request
 
 from coe_router.errors import AuthenticationError, PermissionDenied
+from coe_router.gateway.client_address import client_address
 from coe_router.gateway.context import app_context
 from coe_router.shared.ratelimit import ANONYMOUS, key_id
 
@@ -63,7 +64,22 @@ async def require_admin(request: Request) -> None:
         raise PermissionDenied("This route needs the admin key.")
 
 
-def caller_id(request: Request) -> str:
-    """A stable, non-secret id of the request's API key: never store the key itself."""
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin key (never raises)."""
+    admin = app_context(request).settings.auth.admin_key
     token = _api_key(request)
-    return ANONYMOUS if token is None else key_id(token)
+    return admin is not None and token is not None and _matches(token, admin.get_secret_value())
+
+
+def caller_id(request: Request) -> str:
+    """Who is asking, for rate limits, the cache and affinity; never a secret.
+
+    With API keys configured, the id of the request's key (checked by
+    :func:`require_api_key`); without, ``ip:`` and the client's address: any bearer is
+    accepted then, so a fresh random one per request must not be a fresh budget.
+    """
+    settings = app_context(request).settings
+    if not settings.auth.api_keys:
+        return "ip:" + client_address(request, settings.server.trusted_proxies)
+    token = _api_key(request)
+    return key_id(token) if token is not None else ANONYMOUS

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -12,6 +14,26 @@ from pydantic import BaseModel, ValidationError
 from coe_router.errors import BodyTooLarge, InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
+
+#: A ``\\uD800``-``\\uDFFF`` escape: JSON lets it decode to a lone surrogate, which no
+#: encoder downstream accepts. Only a body that has one is scanned (a regex pass in C).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+
+
+class RequestTimeout(InvalidRequest):
+    """The client did not send its request body in time (``COE_SERVER__BODY_TIMEOUT_S``)."""
+
+    status_code = 408
+    default_code = "request_timeout"
+
+
+def _lone_surrogate(body: Any) -> bool:
+    """Whether a string anywhere in ``body`` holds a lone surrogate (not valid Unicode)."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -43,8 +65,15 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates (ED A0 80) through.
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"Request body is not valid JSON: not UTF-8 at byte {exc.start}.", code="invalid_json"
+        ) from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as exc:
         raise InvalidRequest(
             f"Request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
@@ -55,13 +84,20 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(
             f"Request body must be a JSON object, not {type(body).__name__}.", code="invalid_json"
         )
+    if _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(body):
+        raise InvalidRequest(
+            "Request body has a lone UTF-16 surrogate escape (such as \\ud800); "
+            "strings must be valid Unicode.",
+            code="invalid_json",
+        )
     return body
 
 
-def validate(model: type[M], body: dict[str, Any]) -> M:
-    """``model.model_validate(body)``; the first problem becomes a 400 naming its field."""
+def validate(model: type[M], body: dict[str, Any], context: Mapping[str, Any] | None = None) -> M:
+    """``model.model_validate(body)`` (with ``context``, e.g. the request limits); the first
+    problem becomes a 400 naming its field."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context=dict(context or {}))
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in _field_loc(body, err["loc"], err["type"])) or None

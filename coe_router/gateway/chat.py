@@ -27,7 +27,7 @@ from coe_router.gateway.responses import SSEResponse, replay
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
-from coe_router.protocol import ChatCompletionRequest, RouteRequest, RouteResponse
+from coe_router.protocol import MAX_N, ChatCompletionRequest, RouteRequest, RouteResponse
 from coe_router.routing.base import RoutingDecision
 from coe_router.shared.ratelimit import limit_headers
 
@@ -50,7 +50,7 @@ async def _chat_completions(
     shared = ctx.shared
     with tracing.validation_span():
         body = await read_json(request, ctx.settings.server.max_body_bytes)
-        req = validate(ChatCompletionRequest, body)
+        req = validate(ChatCompletionRequest, body, {MAX_N: ctx.settings.server.max_n})
     span.set("gen_ai.request.model", req.model)
     span.set("coe.stream", bool(req.stream))
     plan = plan_synthesis(req, ctx.catalog, ctx.settings.synthesis)

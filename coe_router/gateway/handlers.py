@@ -11,13 +11,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from coe_router.anthropic import errors as anthropic_errors
 from coe_router.errors import CoEError, ExpertStarting, RateLimited, StateUnavailable, error_body
+from coe_router.gateway.body import RequestTimeout
+from coe_router.lifecycle import CLIENT_CLOSED
 
 log = logging.getLogger("coe_router.gateway")
 #: Path prefix of the routes that answer errors in Anthropic's shape.
@@ -39,8 +42,19 @@ def _json(
 
 async def _coe_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CoEError)
-    headers = {"retry-after": "5"} if isinstance(exc, ExpertStarting) else None
-    return _json(request, exc.to_body(), exc.status_code, exc.message, headers)
+    headers: dict[str, str] | None = None
+    if isinstance(exc, ExpertStarting):
+        headers = {"retry-after": "5"}
+    elif isinstance(exc, RequestTimeout):
+        headers = {"connection": "close"}  # the rest of a late body is not worth waiting for
+    body = exc.to_body()  # the public message: upstream detail stays in the log
+    return _json(request, body, exc.status_code, body["error"]["message"], headers)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up while its body was read: nobody to answer, nothing to log loudly.
+    log.debug("client closed %s %s before its body arrived", request.method, request.url.path)
+    return Response(status_code=int(CLIENT_CLOSED))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -56,10 +70,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    # The path is the client's text: escape what is not valid Unicode before echoing it.
+    path = request.url.path.encode("utf-8", "backslashreplace").decode()
     message = (
-        f"Unknown route: {request.method} {request.url.path}"
-        if exc.status_code == 404
-        else str(exc.detail)
+        f"Unknown route: {request.method} {path}" if exc.status_code == 404 else str(exc.detail)
     )
     return _json(
         request,
@@ -71,9 +85,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    message = "Internal error in the gateway; see its logs."
-    return _json(request, error_body(message, "internal_error", None, None), 500, message)
+    rid = str(getattr(request.state, "request_id", "-"))
+    log.exception("request %s: unhandled error on %s %s", rid, request.method,
+                  request.url.path.encode("utf-8", "backslashreplace").decode(),
+                  exc_info=exc)  # fmt: skip
+    message = f"Internal error in the gateway (request id {rid})."
+    response = _json(request, error_body(message, "internal_error", None, None), 500, message)
+    response.headers["x-request-id"] = rid
+    return response
 
 
 async def error_with_headers(request: Request, exc: Exception) -> JSONResponse:
@@ -89,6 +108,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     # Their headers (retry-after, x-ratelimit-*) matter to clients: more specific handlers.
     app.add_exception_handler(RateLimited, error_with_headers)
     app.add_exception_handler(StateUnavailable, error_with_headers)

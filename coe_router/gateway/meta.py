@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from coe_router.errors import error_body
-from coe_router.gateway.auth import require_api_key
+from coe_router.gateway.auth import is_admin, require_api_key
 from coe_router.gateway.context import app_context
 from coe_router.protocol import ModelCard, ModelList
 
@@ -49,12 +51,24 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: every required expert has a live replica."""
+    """Readiness: every required expert has a live replica, and the gateway is not draining.
+
+    Each expert is ``ready`` or ``not ready``; replica URLs, states and breakers only with
+    the admin key (they map the deployment for whoever asks).
+    """
     pool = app_context(request).pool
-    experts = pool.readiness()
+    detail = pool.readiness()
+    experts: dict[str, Any] = (
+        detail if is_admin(request)
+        else {n: "ready" if e["live"] else "not ready" for n, e in detail.items()}
+    )  # fmt: skip
+    if request.app.state.drain.draining:
+        body = error_body("Not ready: the gateway is shutting down.", "service_unavailable",
+                          None, "draining")  # fmt: skip
+        return JSONResponse({**body, "experts": experts}, status_code=503)
     if pool.ready:
         return JSONResponse({"status": "ready", "experts": experts})
-    missing = [n for n, e in experts.items() if e["required"] and not e["live"]]
+    missing = [n for n, e in detail.items() if e["required"] and not e["live"]]
     body = error_body(
         f"Not ready: no live replica for {', '.join(missing)}.",
         "service_unavailable", None, "not_ready",

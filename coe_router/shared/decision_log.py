@@ -12,7 +12,8 @@ Every field is a string (stream fields are)::
     ts            unix time of the decision (seconds, 3 decimals)
     model         the virtual model that was asked for
     prompt        the user turns, oldest first, joined by a blank line; the last
-                  ``max_prompt_chars`` characters (the latest turn matters most)
+                  ``max_prompt_chars`` characters (the latest turn matters most),
+                  fewer if the entry would pass ``max_entry_bytes``
     expert        the router's choice          category    its category ("" if none)
     confidence    its confidence               strategy    the router's name
     alternatives  JSON [[expert, score], ...]  reason      the router's explanation
@@ -84,6 +85,11 @@ class DecisionLog:
             "affinity": affinity or "",
             "conversation": conversation or "",
         }
+        over = sum(len(k) + len(v.encode()) for k, v in entry.items())
+        over -= self._settings.max_entry_bytes
+        if over > 0:  # cut the prompt's head (the latest turn matters most) to fit the cap
+            prompt = entry["prompt"].encode()
+            entry["prompt"] = prompt[min(over, len(prompt)) :].decode(errors="ignore")
         cap = self._settings.max_entries
         self._access.background.submit(
             "decision_log", lambda: self._access.store.append(LOG_NAME, entry, cap)

@@ -1,4 +1,8 @@
-"""Per-API-key rate limits: requests and tokens per minute, sliding window, on the store.
+"""Per-caller rate limits: requests and tokens per minute, sliding window, on the store.
+
+The caller is the API key (its id), or the client's address when no keys are configured
+(``gateway/auth.py``: ``caller_id``). A synthesis counts each of its expert calls
+(:meth:`RateLimiter.count_requests`).
 
 Before routing, :meth:`RateLimiter.admit` counts the request atomically (one Lua script
 on Redis) if the key's sliding-window estimate leaves room for it and its tokens are
@@ -25,7 +29,9 @@ from coe_router.errors import RateLimited, StateUnavailable
 from coe_router.metrics import Metrics
 from coe_router.state import Admission, StoreAccess, admission, window_index
 
-#: Caller id when no bearer key is sent (an open gateway): one shared budget.
+#: Caller id of a request without a key where keys are configured (it never gets past
+#: authentication; kept for callers built outside the gateway). An open gateway limits by
+#: client address instead (``ip:...``, see ``gateway/auth.py``).
 ANONYMOUS = "anonymous"
 
 
@@ -116,6 +122,18 @@ class RateLimiter:
                 headers=limit_headers(adm),
             )
         return adm
+
+    def count_requests(self, kid: str, extra: int) -> None:
+        """Count ``extra`` more requests against ``kid`` (a synthesis asks several experts
+        for one admitted request); in the background, like :meth:`charge`."""
+        if extra <= 0 or self.limits_for(kid).requests_per_min is None:
+            return
+        now = self._clock()
+        for _ in range(extra):
+            # A limit of None always counts the hit: these calls are already under way.
+            self._access.background.submit(
+                "rate_limit_requests", lambda: self._access.store.hit(kid, now, None, None)
+            )
 
     def charge(self, kid: str, tokens: int | None) -> None:
         """Count ``tokens`` against ``kid`` (in the background; never blocks the answer)."""

@@ -36,6 +36,8 @@ class MemoryStore:
         self._kv: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         # key -> window index -> [requests, tokens]
         self._windows: dict[str, dict[int, list[int]]] = {}
+        # The window index of the last sweep of idle callers' windows (see _buckets).
+        self._swept = 0
         self._leases: dict[str, _Lease] = {}
         self._fences: dict[str, int] = {}
         self._tables: dict[str, dict[str, bytes]] = {}
@@ -64,6 +66,13 @@ class MemoryStore:
     # --- rate limits ---
 
     def _buckets(self, key: str, index: int) -> tuple[list[int], list[int]]:
+        if index > self._swept:
+            # Once per window: forget callers with nothing in the last two windows, so a
+            # stream of one-off callers (addresses, keys) does not grow the dict forever.
+            self._swept = index
+            idle = [k for k, w in self._windows.items() if max(w, default=0) < index - 1]
+            for k in idle:
+                del self._windows[k]
         windows = self._windows.setdefault(key, {})
         for old in [i for i in windows if i < index - 1]:  # older windows no longer count
             del windows[old]

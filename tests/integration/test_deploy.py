@@ -24,8 +24,6 @@ from coe_router.catalog import Catalog, load_catalog
 from coe_router.config import Settings
 from coe_router.routing.table import RoutingTable
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -349,6 +347,17 @@ def test_gateways_reach_redis(cpu_config: dict[str, Any]) -> None:
         assert m, f"{name}: COE_REDIS_URL={url!r}"
         assert (m.group(1), m.group(2)) == ("redis", "6379"), url
         assert networks_of(svc) & networks_of(redis), f"{name} cannot reach redis"
+
+
+def test_redis_memory_is_bounded_and_gateways_may_drain(cpu_config: dict[str, Any]) -> None:
+    command = service(cpu_config, "redis")["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "volatile-lru"
+    assert command[command.index("--maxmemory") + 1].endswith("mb")
+    for name in GATEWAYS:
+        # Compose's default (10 s) would SIGKILL a gateway draining for 30 s.
+        grace = service(cpu_config, name)["stop_grace_period"]
+        assert grace.endswith("s"), grace
+        assert int(grace[:-1]) >= 30 + 5, grace
 
 
 def test_cpu_profile(cpu_config: dict[str, Any]) -> None:

@@ -28,8 +28,6 @@ from coe_router.catalog import Catalog, load_catalog
 from coe_router.routing.table import RoutingTable
 from tests.integration.test_deploy import is_setting
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "coe-router"
 RELEASE = "coe"
@@ -519,6 +517,35 @@ def test_external_redis_and_none() -> None:
     assert env["COE_REDIS_URL"]["secretKeyRef"] == {"name": "r", "key": "redis-url"}
     objs = render("--set", "redis.enabled=false")
     assert "COE_REDIS_URL" not in env_of(container(one(objs, "Deployment"), "gateway"))
+
+
+def test_gateway_drains_before_it_is_killed() -> None:
+    # SIGTERM comes after preStop; the gateway then drains for COE_SERVER__DRAIN_S and its
+    # own backstop is drain + 5 s: the grace period must cover all of it, with a margin.
+    for drain, pre_stop in ((30, 5), (120, 0)):
+        objs = render("--set", f"gateway.drainSeconds={drain}",
+                      "--set", f"gateway.preStopSeconds={pre_stop}")  # fmt: skip
+        gw = one(objs, "Deployment")
+        pod = gw["spec"]["template"]["spec"]
+        c = container(gw, "gateway")
+        assert env_of(c)["COE_SERVER__DRAIN_S"] == str(drain)
+        assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5 + 5
+        if pre_stop:
+            command = c["lifecycle"]["preStop"]["exec"]["command"]
+            assert command == ["python", "-c", f"import time; time.sleep({pre_stop})"]
+        else:
+            assert "lifecycle" not in c
+
+
+def test_redis_memory_is_bounded(default: list[dict[str, Any]]) -> None:
+    sts = one(default, "StatefulSet", f"{RELEASE}-coe-router-redis")
+    args = container(sts, "redis")["args"]
+    limit = container(sts, "redis")["resources"]["limits"]["memory"]
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-lru"
+    maxmemory = args[args.index("--maxmemory") + 1]
+    assert maxmemory.endswith("mb")
+    assert limit.endswith("Mi")
+    assert int(maxmemory[:-2]) < int(limit[:-2]), "maxmemory leaves no headroom"
 
 
 # --------------------------------------------------------------------------- experts

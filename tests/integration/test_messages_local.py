@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.integration.conftest import Gateway
+from tests.support import GatewayProcess as Gateway
 
 pytestmark = pytest.mark.integration
 

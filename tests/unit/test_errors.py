@@ -35,8 +35,6 @@ from coe_router.experts.replica import parse_completion, status_error
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import openai_error
 
-pytestmark = pytest.mark.unit
-
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -371,7 +369,11 @@ def test_each_error_has_its_status_and_openai_body(
     exc: CoEError, status: int, type_: str, code: str | None
 ) -> None:
     assert exc.status_code == status
-    assert exc.to_body() == {"error": {"message": "x", "type": type_, "param": None, "code": code}}
+    # Upstream errors tell the client a stable text; their message (URLs, the expert's own
+    # words) is only logged.
+    message = exc.client_text or "x"
+    assert exc.to_body() == {"error": {"message": message, "type": type_, "param": None,
+                                       "code": code}}  # fmt: skip
     assert list(exc.to_body()["error"]) == ["message", "type", "param", "code"]
 
 

@@ -6,15 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, catalog_dict, openai_error
 
-pytestmark = pytest.mark.unit
-
 CHAT = "/v1/chat/completions"
+ADMIN = {"authorization": "Bearer sk-admin"}
 
 
 def chat(content: str, model: str = "coe", **extra: object) -> dict[str, object]:
@@ -87,9 +85,10 @@ async def test_health_answers_ok(client: httpx.AsyncClient, fake: FakeVLLM) -> N
 
 
 async def test_ready_when_every_required_expert_has_a_live_replica(
-    client: httpx.AsyncClient,
+    make_client: Callable[..., Any],
 ) -> None:
-    resp = await client.get("/ready")
+    client = await make_client(auth={"admin_key": "sk-admin"})
+    resp = await client.get("/ready", headers=ADMIN)
     assert resp.status_code == 200
     body = resp.json()
     assert body["status"] == "ready"
@@ -100,11 +99,12 @@ async def test_ready_when_every_required_expert_has_a_live_replica(
 
 
 async def test_ready_with_one_replica_of_two_down(
-    client: httpx.AsyncClient, fake: FakeVLLM
+    make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
+    client = await make_client(auth={"admin_key": "sk-admin"})
     fake.of(GENERAL[0]).mode = "down"
     await app_of(client).state.coe.pool.check_all()
-    resp = await client.get("/ready")
+    resp = await client.get("/ready", headers=ADMIN)
     assert resp.status_code == 200
     replicas = resp.json()["experts"]["general"]["replicas"]
     assert [r["state"] for r in replicas] == ["down", "up"]
@@ -124,9 +124,8 @@ async def test_not_ready_when_a_required_expert_is_down(
     assert error["code"] == "not_ready"
     assert "general" in error["message"]
     assert "code" not in error["message"]
-    experts = resp.json()["experts"]
-    assert experts["general"]["live"] is False
-    assert experts["code"]["live"] is True
+    # Without the admin key: ready or not per expert, no replica URLs or detail.
+    assert resp.json()["experts"] == {"general": "not ready", "code": "ready"}
     # Back up after the next health round.
     for url in GENERAL:
         fake.of(url).mode = "ok"
@@ -139,10 +138,10 @@ async def test_an_optional_expert_does_not_hold_readiness(
 ) -> None:
     catalog = catalog_dict()
     catalog["experts"][1]["required"] = False
-    client = await make_client(catalog=catalog)
+    client = await make_client(catalog=catalog, auth={"admin_key": "sk-admin"})
     fake.of(CODE[0]).mode = "down"
     await app_of(client).state.coe.pool.check_all()
-    resp = await client.get("/ready")
+    resp = await client.get("/ready", headers=ADMIN)
     assert resp.status_code == 200
     assert resp.json()["experts"]["code"] == {
         "live": False,
@@ -227,11 +226,14 @@ async def test_metrics_replica_up_follows_health_rounds(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     up = "coe_replica_up"
-    assert await metric(client, up, expert="code", replica=CODE[0]) == 1
+    assert await metric(client, up, expert="code", replica="0") == 1
     fake.of(CODE[0]).mode = "down"
     await app_of(client).state.coe.pool.check_all()
-    assert await metric(client, up, expert="code", replica=CODE[0]) == 0
-    assert await metric(client, up, expert="general", replica=GENERAL[0]) == 1
+    assert await metric(client, up, expert="code", replica="0") == 0
+    assert await metric(client, up, expert="general", replica="0") == 1
+    # Replicas are labelled by index: no URL reaches the unauthenticated /metrics.
+    text = (await client.get("/metrics")).text
+    assert not any(url in text for url in [*CODE, *GENERAL])
 
 
 async def test_failed_validation_is_not_counted_as_an_expert_request(

@@ -26,8 +26,6 @@ from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, catalog_dict, openai_error
 
-pytestmark = pytest.mark.unit
-
 MATH = ["http://math-a:8000"]
 REPLICAS = {"general": GENERAL, "code": CODE, "math": MATH}
 CALL_USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
@@ -257,7 +255,7 @@ async def test_one_expert_down_the_rest_answer_and_it_is_reported(
     by = {e["expert"]: e for e in body["coe"]["experts"]}
     assert by["code"]["ok"] is False
     assert by["code"]["used"] is False
-    assert "code" in by["code"]["error"]
+    assert by["code"]["error"] == "No replica of the expert can take the request right now."
     assert by["general"]["ok"]
     assert by["general"]["used"]
     assert by["math"]["ok"]
@@ -272,14 +270,16 @@ async def test_one_expert_down_the_rest_answer_and_it_is_reported(
     assert "(code)" not in call["messages"][-1]["content"]
 
 
-async def test_every_expert_down_is_a_502(make_client: Callable[..., Any], fake: FakeVLLM) -> None:
+async def test_every_expert_down_is_a_502(
+    make_client: Callable[..., Any], fake: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     behave(fake, ["general", "code", "math"], mode="down")
     client = await make_client(catalog=three_experts())
     resp = await client.post(URL, json=synth("python bug", k=3))
     error = openai_error(resp, 502)
     assert error["type"] == "upstream_error"
     for name in ("code", "general", "math"):
-        assert f"{name}: " in error["message"]
+        assert f"{name}: " in caplog.text
     # A streaming client gets the same status: the panel failed before the stream began.
     stream = await client.post(URL, json=synth("python bug", k=3, stream=True))
     openai_error(stream, 502)
@@ -306,14 +306,16 @@ async def test_a_slow_expert_is_left_out(make_client: Callable[..., Any], fake: 
     assert resp.headers["x-coe-experts-failed"] == "math"
 
 
-async def test_every_expert_slow_is_a_504(make_client: Callable[..., Any], fake: FakeVLLM) -> None:
+async def test_every_expert_slow_is_a_504(
+    make_client: Callable[..., Any], fake: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     behave(fake, ["general", "code", "math"], delay_s=5.0)
     client = await make_client(
         catalog=three_experts(), synthesis=SynthesisSettings(expert_timeout_s=0.1)
     )
     resp = await client.post(URL, json=synth("python bug", k=3))
-    error = openai_error(resp, 504)
-    assert "no expert of the panel answered in time" in error["message"]
+    openai_error(resp, 504)
+    assert "no expert of the panel answered in time" in caplog.text
 
 
 async def test_every_expert_rejecting_the_request_passes_their_4xx_on(
@@ -421,7 +423,7 @@ async def test_a_stream_whose_panel_times_out_later_gets_an_in_band_504(
         async for _ in stream:
             pass
 
-    with pytest.raises(openai.APIError, match="no expert of the panel answered in time"):
+    with pytest.raises(openai.APIError, match="did not answer in time"):
         await drain()
     await oai.close()
 
