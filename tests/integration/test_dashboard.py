@@ -25,8 +25,6 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from coe_router.metrics import Metrics
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "coe-router.json"

@@ -24,8 +24,6 @@ from coe_router.catalog import Catalog, load_catalog
 from coe_router.config import Settings
 from coe_router.routing.table import RoutingTable
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"

@@ -28,8 +28,6 @@ from coe_router.catalog import Catalog, load_catalog
 from coe_router.routing.table import RoutingTable
 from tests.integration.test_deploy import is_setting
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "coe-router"
 RELEASE = "coe"

@@ -1,6 +1,8 @@
 """End to end: the official ``openai`` client, the gateway, and real vLLM CPU experts.
 
-The tests run in file order; the last one kills an expert, so keep it last.
+Every test but the last talks to the session's ``gateway`` and leaves it as it found it.
+The last kills an expert, so it starts a gateway of its own (one small launched expert,
+the other served by ``bench/stub_upstream.py``): the tests run in any order.
 """
 
 from __future__ import annotations
@@ -8,22 +10,35 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
-from tests.integration.conftest import Gateway, group_alive
-
-pytestmark = pytest.mark.integration
+from tests.integration.conftest import admin, local_catalog, running_gateway
+from tests.support import GatewayProcess, group_alive, start_stub, stop_process
 
 # Greedy and short: CPU generation is slow and answers must be reproducible.
-GEN = {"temperature": 0.0, "max_tokens": 48}
+GEN: dict[str, Any] = {"temperature": 0.0, "max_tokens": 48}
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
+def client(gateway: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", timeout=120)
+
+
+def ask(
+    client: openai.OpenAI, content: str, model: str = "coe", **gen: Any
+) -> tuple[httpx.Headers, ChatCompletion]:
+    """One non-streamed chat request; the response's headers and its parsed completion."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": content}], **(gen or GEN)
+    )
+    return raw.headers, raw.parse()
 
 
 def test_models_lists_virtual_model_and_experts(client: openai.OpenAI) -> None:
@@ -32,16 +47,11 @@ def test_models_lists_virtual_model_and_experts(client: openai.OpenAI) -> None:
 
 
 def test_routed_general_question_gets_a_real_answer(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
-        model="coe",
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
-        **GEN,
-    )
-    completion = raw.parse()
-    assert raw.headers["x-coe-expert"] == "general"
-    assert raw.headers["x-coe-strategy"] == "category"
-    assert "x-coe-confidence" in raw.headers
-    assert "x-coe-category" in raw.headers
+    headers, completion = ask(client, "What is the capital of France?")
+    assert headers["x-coe-expert"] == "general"
+    assert headers["x-coe-strategy"] == "category"
+    assert "x-coe-confidence" in headers
+    assert "x-coe-category" in headers
     assert "Paris" in (completion.choices[0].message.content or "")
     assert completion.usage is not None
     assert completion.usage.completion_tokens > 0
@@ -50,14 +60,9 @@ def test_routed_general_question_gets_a_real_answer(client: openai.OpenAI) -> No
 
 
 def test_coding_prompt_lands_on_the_code_expert(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
-        model="coe",
-        messages=[{"role": "user", "content": "Write a Python function that reverses a string."}],
-        **GEN,
-    )
-    completion = raw.parse()
-    assert raw.headers["x-coe-expert"] == "code"
-    assert raw.headers["x-coe-category"] == "code"
+    headers, completion = ask(client, "Write a Python function that reverses a string.")
+    assert headers["x-coe-expert"] == "code"
+    assert headers["x-coe-category"] == "code"
     assert completion.model == "qwen2.5-coder-0.5b-instruct"
     assert "def " in (completion.choices[0].message.content or "")
 
@@ -80,15 +85,12 @@ def test_streaming_through_the_openai_client(client: openai.OpenAI) -> None:
 
 
 def test_expert_by_name_skips_routing(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
-        model="general",
-        messages=[{"role": "user", "content": "Write a python function."}],
-        max_tokens=8,
-        temperature=0.0,
+    headers, completion = ask(
+        client, "Write a python function.", model="general", max_tokens=8, temperature=0.0
     )
-    assert raw.headers["x-coe-expert"] == "general"
-    assert raw.headers["x-coe-strategy"] == "direct"
-    assert raw.parse().model == "smollm2-135m-instruct"
+    assert headers["x-coe-expert"] == "general"
+    assert headers["x-coe-strategy"] == "direct"
+    assert completion.model == "smollm2-135m-instruct"
 
 
 def test_expert_errors_pass_through_as_openai_errors(client: openai.OpenAI) -> None:
@@ -100,15 +102,31 @@ def test_expert_errors_pass_through_as_openai_errors(client: openai.OpenAI) -> N
     assert info.value.status_code == 400
 
 
-def test_killed_expert_gives_clean_503s_while_the_other_serves(
-    gateway: Gateway, client: openai.OpenAI
-) -> None:
-    pid = gateway.expert_pids["code"]
+@pytest.fixture(scope="module")
+def doomed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway of this test's own: ``code`` a launched vLLM expert (the smallest model, to
+    load fast), ``general`` the stub upstream; ``coe`` routed by keyword."""
+    tmp: Path = tmp_path_factory.mktemp("doomed")
+    stub, stub_url = start_stub(tmp / "stub.log")
+    catalog = local_catalog()
+    general, code = catalog["experts"]
+    del general["launch"]
+    general["replicas"] = [stub_url]
+    code["launch"]["model"] = code["served_model_name"] = general["served_model_name"]
+    catalog["virtual_models"] = [{"name": "coe", "router": "keyword"}]
+    try:
+        yield from running_gateway(tmp, catalog)
+    finally:
+        stop_process(stub, 5)
+
+
+def test_killed_expert_gives_clean_503s_while_the_other_serves(doomed: GatewayProcess) -> None:
+    client = openai.OpenAI(base_url=f"{doomed.url}/v1", api_key="unused", timeout=120)
+    pid = doomed.expert_pids["code"]
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-
     for model, content in (("code", "hi"), ("coe", "Write a Python function.")):
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as info:
@@ -126,7 +144,7 @@ def test_killed_expert_gives_clean_503s_while_the_other_serves(
     )
     assert ok.choices[0].message.content
 
-    ready = httpx.get(f"{gateway.url}/ready", timeout=10)
+    ready = httpx.get(f"{doomed.url}/ready", timeout=10)
     assert ready.status_code == 503
     assert ready.json()["experts"]["code"]["live"] is False
-    assert gateway.admin()["code"]["process"]["state"] == "exited"  # type: ignore[index]
+    assert admin(doomed)["code"]["process"]["state"] == "exited"

@@ -27,8 +27,6 @@ from router_training.data import Example, write_jsonl
 from router_training.fit import FitConfig, fit
 from router_training.taxonomy import CATEGORIES
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "router_data"
 DEFAULT = ROOT / "deploy" / "routers" / "default"

@@ -28,8 +28,6 @@ from router_training import replay
 from tests.fakes import FakeVLLM
 from tests.integration.conftest import RedisServer
 
-pytestmark = pytest.mark.integration
-
 CATALOG: dict[str, Any] = {
     "experts": [
         {"name": "general", "served_model_name": "small-general", "generalist": True,

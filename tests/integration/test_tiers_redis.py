@@ -15,7 +15,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
 import yaml
 
@@ -23,8 +22,6 @@ from coe_router.config import Settings
 from coe_router.gateway import create_app
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 from tests.integration.conftest import RedisServer
-
-pytestmark = pytest.mark.integration
 
 NAMES = ["a", "b", "c", "d"]
 

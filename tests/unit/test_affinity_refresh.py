@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from coe_router.config import AffinitySettings
 from coe_router.metrics import Metrics
 from coe_router.shared.affinity import Affinity
 from coe_router.state import Background, MemoryStore, StateGuard, StoreAccess
-
-pytestmark = pytest.mark.unit
 
 
 class CountingStore(MemoryStore):

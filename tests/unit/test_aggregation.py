@@ -9,8 +9,6 @@ from coe_router.aggregation.synthesize import INSTRUCTION, aggregator_messages
 from coe_router.aggregation.vote import best, normalize, vote
 from coe_router.errors import UpstreamStatusError, UpstreamTimeout
 
-pytestmark = pytest.mark.unit
-
 
 def answer(expert: str, text: str, score: float = 0.0, ok: bool = True) -> PanelAnswer:
     return PanelAnswer(expert, score, ok=ok, text=text)

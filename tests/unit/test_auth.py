@@ -11,8 +11,6 @@ import pytest
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import openai_error
 
-pytestmark = pytest.mark.unit
-
 CHAT = "/v1/chat/completions"
 BODY = {"model": "coe", "messages": [{"role": "user", "content": "hi"}]}
 KEYS = {"api_keys": ["k1", "k2"], "admin_key": "adm"}

@@ -6,8 +6,6 @@ import pytest
 
 from coe_router.experts.breaker import CircuitBreaker
 
-pytestmark = pytest.mark.unit
-
 
 class Clock:
     """A clock that moves only when told."""

@@ -17,8 +17,6 @@ from coe_router.errors import ConfigError
 from coe_router.gateway import create_app
 from tests.unit.conftest import catalog_dict
 
-pytestmark = pytest.mark.unit
-
 
 def write(tmp_path: Path, data: Any, name: str = "catalog.yaml") -> Path:
     path = tmp_path / name

@@ -10,8 +10,6 @@ import pytest
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL
 
-pytestmark = pytest.mark.unit
-
 
 def chat(content: str, model: str = "coe", **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}

@@ -35,8 +35,6 @@ from coe_router.experts.replica import parse_completion, status_error
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import openai_error
 
-pytestmark = pytest.mark.unit
-
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -20,8 +20,6 @@ from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU
 from tests.unit.tier_fakes import Clock, FakeDriver, build, settle, wait_for
 
-pytestmark = pytest.mark.unit
-
 
 def resident(name: str, *, sleep_level: int = 1, can_sleep: bool = True) -> ExpertResidency:
     gpu = FakeGPU({"gpu0": 100})

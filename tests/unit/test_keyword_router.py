@@ -12,8 +12,6 @@ from coe_router.protocol import ChatMessage
 from coe_router.routing import ROUTER_CLS, RoutingDecision, build_router
 from coe_router.routing.keyword import KeywordRouter
 
-pytestmark = pytest.mark.unit
-
 KEYWORDS = {
     "code": ["python", "function", "bug", "class", "c++", "c#", ".py", "stack trace"],
     "writing": ["poem", "essay", "story"],

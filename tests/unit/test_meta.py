@@ -6,13 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, catalog_dict, openai_error
-
-pytestmark = pytest.mark.unit
 
 CHAT = "/v1/chat/completions"
 

@@ -33,8 +33,6 @@ from coe_router.modelprep.prepare import (
     read_marker,
 )
 
-pytestmark = pytest.mark.unit
-
 # Three parts with distinct content so any reordering changes the joined bytes.
 PARTS = (b"GGUF" + b"\x01" * 37, b"\x02" * 53, b"\x03" * 11 + b"tail")
 JOINED = b"".join(PARTS)

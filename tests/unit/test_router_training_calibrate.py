@@ -7,8 +7,6 @@ import pytest
 
 from router_training.calibrate import assign, fallback_threshold, fit_shares, shares
 
-pytestmark = pytest.mark.unit
-
 LABELS = ["code", "math", "general"]
 EXPERT_OF = {"code": "coder", "math": "mathy", "general": "general"}
 

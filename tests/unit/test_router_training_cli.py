@@ -17,8 +17,6 @@ from router_training import cli
 from router_training.data import write_jsonl
 from tests.unit.test_routing_support import FakeEncoder, catalog, synthetic
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture
 def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:

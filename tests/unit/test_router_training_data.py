@@ -9,8 +9,6 @@ import pytest
 
 from router_training.data import DataError, read_jsonl, write_jsonl
 
-pytestmark = pytest.mark.unit
-
 GOOD = '{"prompt": "fix my python", "category": "code", "skills": ["python"]}'
 
 

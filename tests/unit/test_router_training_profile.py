@@ -14,8 +14,6 @@ from router_training.data import Example
 from router_training.profile import pilots, run_profiles, score_code, score_letter, score_number
 from tests.unit.test_routing_support import catalog
 
-pytestmark = pytest.mark.unit
-
 PROMPT = 'def add(a, b):\n    """Add two numbers."""\n'
 TEST = "def check(f):\n    assert f(2, 3) == 5\n"
 

@@ -6,8 +6,6 @@ import pytest
 
 from router_training.taxonomy import CATEGORIES, MMLU_CATEGORY, rule_label
 
-pytestmark = pytest.mark.unit
-
 
 def test_all_57_mmlu_subjects_map_into_the_taxonomy() -> None:
     assert len(MMLU_CATEGORY) == 57

@@ -12,8 +12,6 @@ from coe_router.errors import ConfigError
 from coe_router.routing.artifact import RouterArtifact
 from tests.unit.test_routing_support import FakeEncoder, fitted, synthetic
 
-pytestmark = pytest.mark.unit
-
 
 def test_round_trip_keeps_probabilities_and_manifest(tmp_path: Path) -> None:
     enc = FakeEncoder()

@@ -14,8 +14,6 @@ from coe_router.routing.artifact import ExpertProfiles
 from coe_router.routing.category import CategoryRouter, category_expert_map
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, user
 
-pytestmark = pytest.mark.unit
-
 
 def router(**options: object) -> tuple[CategoryRouter, FakeEncoder]:
     enc = FakeEncoder()

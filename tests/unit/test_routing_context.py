@@ -8,8 +8,6 @@ import pytest
 from coe_router.protocol import ChatMessage
 from coe_router.routing.context import MAX_CONTEXT_TURNS, blend, is_follow_up, split_turns
 
-pytestmark = pytest.mark.unit
-
 
 def test_split_turns_ignores_system_and_assistant() -> None:
     msgs = [

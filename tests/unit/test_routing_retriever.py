@@ -11,8 +11,6 @@ from coe_router.errors import ConfigError
 from coe_router.routing.retriever import RetrieverRouter
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, user
 
-pytestmark = pytest.mark.unit
-
 
 def make(**options: object) -> tuple[RetrieverRouter, FakeEncoder]:
     enc = FakeEncoder()

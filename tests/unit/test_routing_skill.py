@@ -11,8 +11,6 @@ from coe_router.errors import ConfigError
 from coe_router.routing.skill import SkillRouter
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, user
 
-pytestmark = pytest.mark.unit
-
 
 def make(**options: object) -> SkillRouter:
     enc = FakeEncoder()

@@ -23,8 +23,6 @@ from coe_router.state import MemoryStore, StateStore, WindowCounts
 from tests.fakes import FakeVLLM, Received, chunk
 from tests.unit.conftest import CODE, catalog_dict, openai_error
 
-pytestmark = pytest.mark.unit
-
 Build = Callable[..., Awaitable[httpx.AsyncClient]]
 
 

@@ -13,8 +13,6 @@ from coe_router.metrics import Metrics
 from coe_router.state import Background, StateGuard, WindowCounts, admission
 from coe_router.state.base import estimate, wait_until_at_most
 
-pytestmark = pytest.mark.unit
-
 
 def test_estimate_weighs_the_previous_window_by_its_overlap() -> None:
     assert estimate(10, 0, 0) == 10

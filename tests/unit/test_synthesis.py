@@ -26,8 +26,6 @@ from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, catalog_dict, openai_error
 
-pytestmark = pytest.mark.unit
-
 MATH = ["http://math-a:8000"]
 REPLICAS = {"general": GENERAL, "code": CODE, "math": MATH}
 CALL_USAGE = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}

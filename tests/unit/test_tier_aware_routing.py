@@ -13,8 +13,6 @@ from coe_router.routing.base import Candidate, RoutingDecision
 from coe_router.routing.tier_aware import prefer_awake
 from tests.unit.tier_fakes import Build, chat, content_of, rep, start_gateway, wake_ups
 
-pytestmark = pytest.mark.unit
-
 WAKE_S = {"cold": 30.0, "warm": 0.5, "hot": 0.0}
 
 

@@ -22,8 +22,6 @@ from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica, as_dict
 from tests.unit.tier_fakes import settle
 
-pytestmark = pytest.mark.unit
-
 WAKE_CALLS = ("POST /wake_up", "POST /collective_rpc")
 
 

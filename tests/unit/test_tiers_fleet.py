@@ -12,7 +12,6 @@ import asyncio
 import random
 
 import httpx
-import pytest
 
 from coe_router.config import UpstreamSettings
 from coe_router.experts.replica import Replica
@@ -24,8 +23,6 @@ from coe_router.metrics import Metrics
 from coe_router.shared.tier_table import SharedTierTable
 from coe_router.state import MemoryStore, StateGuard
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
-
-pytestmark = pytest.mark.unit
 
 NAMES = ["a", "b", "c", "d"]
 SIZE_GB = 10.0

@@ -32,8 +32,6 @@ from tests.unit.tier_fakes import (
     wake_ups,
 )
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture
 async def make_gateway(tmp_path: Path) -> AsyncIterator[Build]:

@@ -17,9 +17,6 @@ from coe_router.experts.tiering.tiers import ExpertResidency, Tier
 from tests.fake_sleep import FakeGPU
 from tests.unit.tier_fakes import Clock, FakeDriver, build, settle, wait_for
 
-pytestmark = pytest.mark.unit
-
-
 # --- single flight ------------------------------------------------------------------------
 
 

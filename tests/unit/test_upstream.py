@@ -22,8 +22,6 @@ from coe_router.sse import Relay
 from tests.fakes import FakeVLLM
 from tests.unit.conftest import CODE, GENERAL, app_of, openai_error
 
-pytestmark = pytest.mark.unit
-
 CHAT = "/v1/chat/completions"
 
 

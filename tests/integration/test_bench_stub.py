@@ -1,49 +1,34 @@
 """The benchmark's stub upstream (``bench/stub_upstream.py``) speaks enough OpenAI.
 
-Starts the stub as a subprocess on a free port (a real socket server, hence the
-``integration`` marker although the test lives with the fast tests) and talks to it
-with httpx and with the official ``openai`` client. Takes well under a second.
+Starts the stub as a subprocess on a free port (``tests.support.start_stub``, as the
+benchmark does) and talks to it with httpx and with the official ``openai`` client. Takes
+well under a second.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.support import start_stub, stop_process
 
-STUB = Path(__file__).resolve().parents[2] / "bench" / "stub_upstream.py"
 CHAT = {"model": "stub-coder", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
-def stub_url() -> Iterator[str]:
+def stub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a running stub; stopped (terminate, then kill) after the module."""
-    proc = subprocess.Popen(
-        [sys.executable, str(STUB), "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, url = start_stub(tmp_path_factory.mktemp("stub") / "stub.log")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        assert line.startswith("stub listening on http://"), (line, proc.poll())
-        yield line.removeprefix("stub listening on ")
+        assert url.startswith("http://127.0.0.1:")
+        yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 5)
 
 
 @pytest.fixture

@@ -1,8 +1,5 @@
 """Multi-expert synthesis end to end: the official ``openai`` client, the gateway, and both
 real vLLM CPU experts (``general`` and ``code``) on the session's ``gateway``.
-
-Named ``test_a_...`` so it runs before ``test_local_experts.py``, whose last test kills
-the code expert.
 """
 
 from __future__ import annotations
@@ -11,9 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import Gateway
-
-pytestmark = pytest.mark.integration
+from tests.support import GatewayProcess
 
 # Greedy and short: CPU generation is slow (the aggregator also reads both answers).
 GEN = {"temperature": 0.0, "max_tokens": 32}
@@ -21,7 +16,7 @@ QUESTION = "Write a Python function that returns the square of a number."
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
+def client(gateway: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", timeout=300)
 
 
@@ -60,7 +55,7 @@ def test_streamed_synthesis_of_two_real_experts(client: openai.OpenAI) -> None:
         assert entry["latency_ms"] > 0
 
 
-def test_vote_over_two_real_experts_answers_in_openai_shape(gateway: Gateway) -> None:
+def test_vote_over_two_real_experts_answers_in_openai_shape(gateway: GatewayProcess) -> None:
     resp = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json={"model": "coe", "messages": [{"role": "user", "content": "What is 2 + 3?"}],
