@@ -26,6 +26,7 @@ from coe_router.errors import (
     PermissionDenied,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamSaturated,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -425,7 +426,10 @@ def test_upstream_status_error_survives_odd_bodies(body: dict[str, Any], message
         (httpx.ReadError("reset"), UpstreamUnavailable, 503),
         (httpx.ConnectTimeout("slow"), UpstreamTimeout, 504),
         (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
-        (httpx.PoolTimeout("busy"), UpstreamTimeout, 504),
+        (httpx.PoolTimeout("busy"), UpstreamSaturated, 503),
+        (httpx.DecodingError("bad gzip"), UpstreamBadResponse, 502),
+        (httpx.StreamClosed(), UpstreamError, 502),
+        (httpx.TooManyRedirects("loop"), UpstreamError, 502),
     ],
 )
 def test_httpx_failures_become_retryable_upstream_errors(
@@ -438,6 +442,30 @@ def test_httpx_failures_become_retryable_upstream_errors(
     assert info.value.retryable
     assert "expert 'code' at http://x" in info.value.message
     assert info.value.__cause__ is raised
+
+
+@pytest.mark.parametrize(
+    ("raised", "verdict", "resend_non_streamed"),
+    [
+        (httpx.ConnectError("refused"), "down", True),
+        (httpx.ConnectTimeout("slow"), "failed", True),
+        (httpx.RemoteProtocolError("peer closed"), "failed", True),
+        (httpx.DecodingError("bad gzip"), "failed", True),
+        # The replica has the request and is generating: not its fault, not sent twice.
+        (httpx.ReadTimeout("slow"), "slow", False),
+        # Our own pool is full: not the replica's fault; another replica has its own pool.
+        (httpx.PoolTimeout("busy"), "busy", True),
+    ],
+)
+def test_httpx_failures_are_classified(
+    raised: Exception, verdict: str, resend_non_streamed: bool
+) -> None:
+    with pytest.raises(UpstreamError) as info, map_httpx_exceptions("x"):
+        raise raised
+    assert info.value.verdict == verdict
+    assert info.value.replica_fault is (verdict in ("down", "failed"))
+    assert info.value.retry_elsewhere(streaming=False) is resend_non_streamed
+    assert info.value.retry_elsewhere(streaming=True)
 
 
 def test_non_httpx_errors_pass_through_untranslated() -> None:

@@ -1,4 +1,8 @@
-"""When experts fail: retries, timeouts, bad answers, the breaker, streams and disconnects."""
+"""When experts fail: retries, timeouts, bad answers, the breaker, streams and disconnects.
+
+These tests are about one expert and its replicas, so cross-expert fallback is off here
+(``fallback_hops: 0``); tests/unit/test_fallback.py and tests/faults/ cover it.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,17 @@ CHAT = "/v1/chat/completions"
 
 def chat(content: str = "hi", model: str = "coe", **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture
+def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The shared builder, with cross-expert fallback off unless a test turns it on."""
+
+    def build(catalog: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+        upstream = {"fallback_hops": 0, **overrides.pop("upstream", {})}
+        return make_settings(catalog, upstream=upstream, **overrides)
+
+    return build
 
 
 CODING = "fix this python function"  # the keyword router sends it to "code" (one replica)
@@ -128,24 +143,43 @@ async def test_hanging_expert_times_out_with_a_504(
     assert error["code"] == "upstream_timeout"
     app = app_of(client)
     assert sample(app, "coe_upstream_errors_total", expert="code", kind="timeout") == 1
-    # A slow replica is not a dead one: it stays up (its breaker counts the failure).
+    # A slow replica is not a dead one: it stays up, and its breaker does not count it.
     assert replica(app, "code").state == "up"
+    assert replica(app, "code").breaker.state == "closed"
 
 
-async def test_timeout_is_retried_on_the_other_replica(
+async def test_read_timeout_of_a_non_streamed_request_is_not_sent_again(
+    make_client: Callable[..., Any], fake: FakeVLLM
+) -> None:
+    fake.honour_timeouts = True
+    client = await make_client(upstream={"read_timeout_s": 0.05, "breaker_failures": 1})
+    fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 5
+    for _ in range(3):
+        resp = await client.post(CHAT, json=chat(GENERIC))
+        assert openai_error(resp, 504)["code"] == "upstream_timeout"
+    # Each request reached one replica only: the other would have doubled the work.
+    assert len(fake.received) == 3
+    app = app_of(client)
+    assert all(r.breaker.state == "closed" for r in app.state.coe.pool.get("general").replicas)
+    assert (await client.get("/ready")).status_code == 200
+    fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 0
+    assert (await client.post(CHAT, json=chat(GENERIC))).status_code == 200
+
+
+async def test_stream_read_timeout_before_the_first_byte_is_retried(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
     fake.honour_timeouts = True
     client = await make_client(upstream={"read_timeout_s": 0.05})
-    fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 5
-    resp = await client.post(CHAT, json=chat(GENERIC))
-    assert openai_error(resp, 504)["code"] == "upstream_timeout"
-    assert len(fake.bodies_for(GENERAL[0])) == 1
-    assert len(fake.bodies_for(GENERAL[1])) == 1
-    # Only one slow: the other answers.
-    fake.of(GENERAL[1]).delay_s = 0
-    for _ in range(2):
-        assert (await client.post(CHAT, json=chat(GENERIC))).status_code == 200
+    fake.of(GENERAL[0]).delay_s = 5
+    for _ in range(2):  # round-robin: the slow replica is tried first at least once
+        resp = await client.post(CHAT, json=chat(GENERIC, stream=True))
+        assert sse_payloads(resp.text)[-1] == "[DONE]"
+        assert "error" not in resp.text
+    assert len(fake.bodies_for(GENERAL[0])) >= 1
+    assert len(fake.bodies_for(GENERAL[1])) == 2
+    # Slow is not broken: the slow replica's breaker has nothing against it.
+    assert replica(app_of(client), "general", 0).breaker.state == "closed"
 
 
 async def test_slow_expert_within_its_timeout_answers(
@@ -631,6 +665,7 @@ class StubUpstream:
 
     def __init__(self, writes: list[bytes], error: Exception | None = None) -> None:
         self.writes, self.error, self.closed = writes, error, 0
+        self.max_event_bytes = 1024 * 1024
 
     async def __aiter__(self) -> Any:
         for w in self.writes:
