@@ -102,3 +102,33 @@ def test_ready_agrees_with_the_breakers(
     resp = client.post(CHAT, json=chat("a python function"))
     assert resp.headers["x-coe-expert"] == "code"
     assert "x-coe-fallback" not in resp.headers
+
+
+def test_a_full_connection_pool_is_a_503_not_a_replica_failure(
+    fakes: Callable[[], FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One connection to code's only replica, held by a slow generation: the next request
+    waits the pool timeout, gets 503 ``upstream_saturated``, and the replica's breaker
+    (threshold 1 here) does not count it."""
+    fake = fakes()
+    env = {
+        "COE_UPSTREAM__MAX_CONNECTIONS": "1",
+        "COE_UPSTREAM__POOL_TIMEOUT_S": "0.5",
+        "COE_UPSTREAM__BREAKER_FAILURES": "1",
+    }
+    cat = catalog([fake.url], [fake.url])
+    with (
+        running(gateway(tmp_path_factory.mktemp("pool"), cat, env)) as gw,
+        httpx.Client(base_url=gw.url, timeout=30) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        slow = pool.submit(client.post, CHAT, json=chat("fault:slow_first_byte:3", "code"))
+        deadline = time.monotonic() + 5
+        while fake.count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        error = error_of(client.post(CHAT, json=chat("hi", "code")), 503)
+        assert error["code"] == "upstream_saturated"
+        replica = client.get("/ready").json()["experts"]["code"]["replicas"][0]
+        assert (replica["state"], replica["breaker"]) == ("up", "closed")
+        assert slow.result().status_code == 200
+        assert client.post(CHAT, json=chat("hi", "code")).status_code == 200
