@@ -24,8 +24,8 @@ from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
 CHAT = "/v1/chat/completions"
 
 
-def chat(model: str) -> dict[str, object]:
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+def chat(model: str, content: str = "hi") -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
 
 
 @pytest.fixture
@@ -145,3 +145,30 @@ async def test_renewing_stops_once_the_lease_has_really_lapsed() -> None:
     assert not await mine.publish("gpu0", token, "a", SharedTier(Tier.HOT, None))
     await mine.unlock("gpu0", token)
     await theirs.unlock("gpu0", other)
+
+
+async def test_a_sleeping_expert_is_woken_not_fallen_back(
+    two_replica_gateway: tuple[httpx.AsyncClient, set[str]],
+) -> None:
+    client, _ = two_replica_gateway
+    route = (await client.post("/v1/route", json=chat("coe", "alpha"))).json()
+    assert (route["expert"], route.get("fallback")) == ("a", None)  # asleep, yet live
+    resp = await client.post(CHAT, json=chat("coe", "alpha"))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-coe-expert"] == "a"
+    assert "x-coe-fallback" not in resp.headers
+
+
+async def test_a_failed_wake_falls_back_and_the_expert_is_skipped_in_its_back_off(
+    two_replica_gateway: tuple[httpx.AsyncClient, set[str]],
+) -> None:
+    client, refused = two_replica_gateway
+    refused.add("a1")
+    resp = await client.post(CHAT, json=chat("coe", "alpha"))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-coe-fallback"] == "a->g"
+    assert resp.json()["coe"]["fallback"] == {"from": "a", "reason": "unavailable"}
+    again = await client.post(CHAT, json=chat("coe", "alpha"))
+    assert again.json()["coe"]["fallback"] == {"from": "a", "reason": "no_live_replica"}
+    route = (await client.post("/v1/route", json=chat("coe", "alpha"))).json()
+    assert route["expert"] == "g"
