@@ -336,6 +336,27 @@ class RedisServer:
 
 # --- in-process gateways ----------------------------------------------------------------------
 
+#: The replicas of :func:`keyword_catalog`: names for a fake upstream, never dialled.
+GENERAL = ["http://general-a:8000", "http://general-b:8000"]
+CODE = ["http://code-a:8000"]
+
+
+def keyword_catalog(**virtual_model: Any) -> dict[str, Any]:
+    """Two experts over fake replicas, a generalist with two replicas and a coder, and the
+    virtual model ``coe`` routed by keyword (``virtual_model`` adds to its entry, e.g.
+    ``cache_ttl_s=60``)."""
+    return {
+        "experts": [
+            {"name": "general", "served_model_name": "small-general", "generalist": True,
+             "categories": ["general", "writing"], "replicas": list(GENERAL), "memory_gb": 1},
+            {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
+             "cost": 3, "replicas": list(CODE)},
+        ],
+        "virtual_models": [{"name": "coe", "router": "keyword", **virtual_model}],
+        "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
+    }  # fmt: skip
+
+
 
 @contextlib.asynccontextmanager
 async def in_process_client(app: Any, **client_args: Any) -> AsyncIterator[httpx.AsyncClient]:

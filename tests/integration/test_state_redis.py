@@ -26,18 +26,7 @@ from coe_router.gateway import create_app
 from coe_router.gateway.context import AppContext
 from router_training import replay
 from tests.fakes import FakeVLLM
-from tests.integration.conftest import RedisServer
-
-CATALOG: dict[str, Any] = {
-    "experts": [
-        {"name": "general", "served_model_name": "small-general", "generalist": True,
-         "categories": ["general", "writing"], "replicas": ["http://general-a:8000"]},
-        {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
-         "replicas": ["http://code-a:8000"]},
-    ],
-    "virtual_models": [{"name": "coe", "router": "keyword", "cache_ttl_s": 60}],
-    "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
-}  # fmt: skip
+from tests.support import RedisServer, in_process_client, keyword_catalog
 
 Gateways = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -46,7 +35,7 @@ Gateways = Callable[..., Awaitable[httpx.AsyncClient]]
 async def gateways(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Gateways]:
     """Start gateway apps (``create_app`` + lifespan) on a Redis URL; all stop at the end."""
     catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(CATALOG))
+    catalog.write_text(yaml.safe_dump(keyword_catalog(cache_ttl_s=60)))
     prefix = f"t{uuid.uuid4().hex[:8]}:"  # this test's keys only, on the shared server
     async with AsyncExitStack() as stack:
 
@@ -54,11 +43,7 @@ async def gateways(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Gateways]:
             state = {"prefix": prefix, **overrides.pop("state", {})}
             settings = Settings(catalog=catalog, redis_url=url, state=state, **overrides)
             app = create_app(settings, upstream_transport=fake.transport())
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-            await stack.enter_async_context(client)
-            client.app = app  # type: ignore[attr-defined]
-            return client
+            return await stack.enter_async_context(in_process_client(app))
 
         yield start
 

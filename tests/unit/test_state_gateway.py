@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -21,7 +22,8 @@ from coe_router.gateway.context import AppContext
 from coe_router.shared.ratelimit import key_id
 from coe_router.state import MemoryStore, StateStore, WindowCounts
 from tests.fakes import FakeVLLM, Received, chunk
-from tests.unit.conftest import CODE, catalog_dict, openai_error
+from tests.support import CODE, in_process_client, keyword_catalog
+from tests.unit.conftest import openai_error
 
 Build = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -44,7 +46,7 @@ async def settle(client: httpx.AsyncClient) -> None:
 @pytest.fixture
 async def build(fake: FakeVLLM, make_settings: Callable[..., Settings]) -> AsyncIterator[Build]:
     """A gateway over the fake vLLM with settings overrides, an optional store and catalog."""
-    async with _Apps() as apps:
+    async with AsyncExitStack() as stack:
 
         async def make(
             store: StateStore | None = None,
@@ -56,36 +58,13 @@ async def build(fake: FakeVLLM, make_settings: Callable[..., Settings]) -> Async
             app = create_app(
                 settings, upstream_transport=transport or fake.transport(), state_store=store
             )
-            return await apps.open(app)
+            return await stack.enter_async_context(in_process_client(app))
 
         yield make
 
 
-class _Apps:
-    def __init__(self) -> None:
-        self._open: list[tuple[Any, httpx.AsyncClient]] = []
-
-    async def __aenter__(self) -> _Apps:
-        return self
-
-    async def open(self, app: Any) -> httpx.AsyncClient:
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        client.app = app  # type: ignore[attr-defined]
-        self._open.append((ctx, client))
-        return client
-
-    async def __aexit__(self, *exc: object) -> None:
-        for ctx, client in reversed(self._open):
-            await client.aclose()
-            await ctx.__aexit__(None, None, None)
-
-
 def cached_catalog(ttl: float = 60) -> dict[str, Any]:
-    catalog = catalog_dict()
-    catalog["virtual_models"][0]["cache_ttl_s"] = ttl
-    return catalog
+    return keyword_catalog(cache_ttl_s=ttl)
 
 
 def sse_payloads(text: str) -> list[str]:
