@@ -60,8 +60,7 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as ``python bench/gateway_overhead.py``
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # ``python bench/gateway_overhead.py`` puts only bench/ there
 
 from tests.support import (  # noqa: E402
     GatewayProcess,
