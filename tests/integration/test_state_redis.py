@@ -23,8 +23,8 @@ import yaml
 
 from coe_router.config import Settings
 from coe_router.gateway import create_app
-from coe_router.gateway.context import AppContext
 from router_training import replay
+from tests.conversation import chat, next_turn, routing, settle, state_of
 from tests.fakes import FakeVLLM
 from tests.support import RedisServer, in_process_client, keyword_catalog
 
@@ -53,22 +53,6 @@ def fake() -> FakeVLLM:
     return FakeVLLM()
 
 
-def state_of(client: httpx.AsyncClient) -> AppContext:
-    state: AppContext = client.app.state.coe  # type: ignore[attr-defined]
-    return state
-
-
-async def settle(*clients: httpx.AsyncClient) -> None:
-    for client in clients:
-        await state_of(client).shared.background.drain()
-
-
-def chat(messages: list[dict[str, str]] | str, **extra: Any) -> dict[str, Any]:
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    return {"model": "coe", "messages": messages, **extra}
-
-
 def metric(text: str, line_start: str) -> float:
     for line in text.splitlines():
         if line.startswith(line_start):
@@ -83,16 +67,12 @@ async def test_two_gateways_share_affinity_limits_and_cache(
     b = await gateways(redis_server.url, rate_limits={"requests_per_min": 4})
     first = [{"role": "user", "content": "hi there"}]
     resp = await a.post("/v1/chat/completions", json=chat(first))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "new")
+    assert routing(resp) == ("general", "new")
     await settle(a)
     # The next turn reaches the other gateway: it knows the conversation.
-    turn = [
-        *first,
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "python"},
-    ]
+    turn = next_turn(first, "hello", "python")
     resp = await b.post("/v1/chat/completions", json=chat(turn))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "sticky")
+    assert routing(resp) == ("general", "sticky")
     # The cache too: b answered it, a replays it.
     await settle(b)
     cached = await a.post("/v1/chat/completions", json=chat(turn))
@@ -154,7 +134,7 @@ async def test_requests_survive_redis_stopping_and_state_resumes(
         {"role": "user", "content": "and a poem"},
     ]
     again = await gw.post("/v1/chat/completions", json=chat(turn))
-    assert (again.headers["x-coe-expert"], again.headers["x-coe-affinity"]) == ("code", "sticky")
+    assert routing(again) == ("code", "sticky")
 
 
 async def test_a_hung_redis_costs_one_timeout_then_nothing(
