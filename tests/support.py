@@ -83,15 +83,19 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 60.0) -> None:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; nothing when it already exited."""
-    if proc is None or proc.poll() is not None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; then close our ends of its pipes."""
+    if proc is None:
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()  # else a ResourceWarning when the Popen is collected
 
 
 def wait_http(
