@@ -361,7 +361,6 @@ def keyword_catalog(**virtual_model: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-
 @contextlib.asynccontextmanager
 async def in_process_client(app: Any, **client_args: Any) -> AsyncIterator[httpx.AsyncClient]:
     """``app``'s lifespan entered and an ``httpx.AsyncClient`` bound to it (no socket).
