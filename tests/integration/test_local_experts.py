@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,13 @@ def client(gateway: GatewayProcess) -> openai.OpenAI:
 
 def ask(
     client: openai.OpenAI, content: str, model: str = "coe", **gen: Any
-) -> tuple[httpx.Headers, ChatCompletion]:
+) -> tuple[Mapping[str, str], ChatCompletion]:
     """One non-streamed chat request; the response's headers and its parsed completion."""
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": content}], **(gen or GEN)
     )
-    return raw.headers, raw.parse()
+    completion: ChatCompletion = raw.parse()
+    return raw.headers, completion
 
 
 def test_models_lists_virtual_model_and_experts(client: openai.OpenAI) -> None:

@@ -47,25 +47,33 @@ def chat(**fields: Any) -> dict[str, Any]:
 # --- bodies that are not a JSON object ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("raw", "hint"),
-    [
-        pytest.param(b'{"model": "coe", "messages": [', "not valid JSON", id="truncated"),
-        pytest.param(b"{'model': 'coe'}", "not valid JSON", id="single-quotes"),
-        pytest.param(b"[1, 2, 3]", "must be a JSON object, not list", id="array"),
-        pytest.param(b'"just a string"', "must be a JSON object, not str", id="string"),
-        pytest.param(b"null", "must be a JSON object, not NoneType", id="null"),
-        pytest.param(b"42", "must be a JSON object, not int", id="number"),
-        pytest.param(b"", "empty", id="empty"),
-        pytest.param(b"  \n\t ", "empty", id="whitespace"),
-        pytest.param(b'{"model": "coe", "x": NaN}', "NaN", id="NaN"),
-        pytest.param(b'{"model": "coe", "x": Infinity}', "Infinity", id="Infinity"),
-        pytest.param(b'{"model": "coe", "x": -Infinity}', "-Infinity", id="-Infinity"),
-        pytest.param(b'{"model": "coe", "temperature": 1e400}', "out of range", id="overflow"),
-        pytest.param(b'{"model": "\xff\xfe"}', "not valid JSON", id="not-utf8"),
-        pytest.param(b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deeply", id="deep"),
-    ],
-)
+def cases(hint: str, **bodies: bytes) -> list[Any]:
+    """One case per body (its id the keyword), all expecting ``hint`` in the message."""
+    return [pytest.param(body, hint, id=name) for name, body in bodies.items()]
+
+
+NOT_AN_OBJECT = [
+    *cases(
+        "not valid JSON",
+        truncated=b'{"model": "coe", "messages": [',
+        single_quotes=b"{'model': 'coe'}",
+        not_utf8=b'{"model": "\xff\xfe"}',
+    ),
+    # Valid JSON of another type: the message names the type the client sent.
+    *cases("must be a JSON object, not list", array=b"[1, 2, 3]"),
+    *cases("must be a JSON object, not str", string=b'"just a string"'),
+    *cases("must be a JSON object, not NoneType", null=b"null"),
+    *cases("must be a JSON object, not int", number=b"42"),
+    *cases("empty", empty=b"", whitespace=b"  \n\t "),
+    # Python's json reads these, JSON does not have them.
+    *(pytest.param(b'{"model": "coe", "x": %s}' % w.encode(), w, id=w)
+      for w in ("NaN", "Infinity", "-Infinity")),
+    *cases("out of range", overflow=b'{"model": "coe", "temperature": 1e400}'),
+    *cases("deeply", deep=b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "hint"), NOT_AN_OBJECT)
 async def test_body_that_is_not_a_json_object_is_a_400(
     client: httpx.AsyncClient, fake: FakeVLLM, raw: bytes, hint: str
 ) -> None:

@@ -29,15 +29,21 @@ async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float |
     return None
 
 
+async def get_json(client: httpx.AsyncClient, path: str, status: int = 200) -> dict[str, Any]:
+    """``GET path``: it must answer ``status``; its JSON body."""
+    resp = await client.get(path)
+    assert resp.status_code == status, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
 # --- /v1/models --------------------------------------------------------------------------------
 
 
 async def test_models_lists_the_virtual_model_then_every_expert(
     client: httpx.AsyncClient,
 ) -> None:
-    resp = await client.get("/v1/models")
-    assert resp.status_code == 200
-    body = resp.json()
+    body = await get_json(client, "/v1/models", 200)
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["coe", "general", "code"]
     for card in body["data"]:
@@ -86,9 +92,7 @@ async def test_health_answers_ok(client: httpx.AsyncClient, fake: FakeVLLM) -> N
 async def test_ready_when_every_required_expert_has_a_live_replica(
     client: httpx.AsyncClient,
 ) -> None:
-    resp = await client.get("/ready")
-    assert resp.status_code == 200
-    body = resp.json()
+    body = await get_json(client, "/ready", 200)
     assert body["status"] == "ready"
     assert set(body["experts"]) == {"general", "code"}
     assert body["experts"]["general"]["live"] is True
