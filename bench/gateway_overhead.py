@@ -44,8 +44,8 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +60,19 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(ROOT))  # ``python bench/gateway_overhead.py`` puts only bench/ there
+
+from tests.support import (  # noqa: E402
+    GatewayProcess,
+    launch_gateway,
+    log,
+    percentile,
+    start_stub,
+    stop_process,
+    tail,
+    wait_http,
+)
+
 #: What the product must meet: p50 added latency at concurrency 1, keyword routing.
 TARGET_P50_ADDED_MS = 2.0
 PROMPT = "Write a Python function that reverses a linked list, with a unit test."
@@ -71,24 +83,6 @@ _FALLBACK_KEYWORDS = {
     "writing": ["poem", "essay", "story", "email"],
     "math": ["integral", "equation", "probability"],
 }
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so stdout holds only the table and the JSON line."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --- statistics -----------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of already sorted values, linear interpolation."""
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 @dataclass
@@ -207,49 +201,6 @@ class CpuMeter:
 # --- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _affinity(cpus: set[int] | None) -> Callable[[], None] | None:
-    if not cpus:
-        return None
-
-    def pin() -> None:
-        os.sched_setaffinity(0, cpus)
-
-    return pin
-
-
-def _child_env() -> dict[str, str]:
-    # The caller's COE_* settings (API keys, catalog...) must not change what is measured.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def start_stub(cpus: set[int] | None, logfile: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the stub on a free port; returns the process and its base URL."""
-    with logfile.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--host", HOST,
-             "--port", "0"],
-            stdout=subprocess.PIPE, stderr=err, env=_child_env(), cwd=ROOT,
-            preexec_fn=_affinity(cpus),
-        )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("stub listening on "):
-        proc.kill()
-        raise RuntimeError(f"stub did not start: {line!r}; see {logfile}")
-    return proc, line.removeprefix("stub listening on ")
-
-
 def write_catalog(path: Path, stub_url: str) -> None:
     """Two experts on the stub, ``coe`` routed by keyword (deploy/local.yaml's lists)."""
     keywords = _FALLBACK_KEYWORDS
@@ -267,56 +218,6 @@ def write_catalog(path: Path, stub_url: str) -> None:
         "keywords": keywords,
     }  # fmt: skip
     path.write_text(yaml.safe_dump(catalog, sort_keys=False))
-
-
-def start_gateway(
-    catalog: Path, port: int, cpus: set[int] | None, logfile: Path
-) -> subprocess.Popen[bytes]:
-    """Start the real gateway (``python -m coe_router serve --no-launch``)."""
-    env = _child_env()
-    env["COE_SERVER__LOG_LEVEL"] = "warning"
-    # Health checks are not on the request path. On a busy shared machine one can stall past
-    # the default 2 s timeout, which would take the stub out of rotation mid-run.
-    env["COE_UPSTREAM__HEALTH_TIMEOUT_S"] = "10"
-    with logfile.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "coe_router", "serve", "--catalog", str(catalog),
-             "--host", HOST, "--port", str(port), "--no-launch"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            preexec_fn=_affinity(cpus),
-        )  # fmt: skip
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, timeout_s: float) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=httpx.Timeout(2.0)) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{url}: process exited ({proc.returncode}):\n{_tail(logfile)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(url).status_code == 200:
-                    return
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s:\n{_tail(logfile)}")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
-def stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
-    """SIGTERM, wait, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout_s)
 
 
 # --- load generation ------------------------------------------------------------------------
@@ -589,20 +490,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="coe-bench-"))
     stub: subprocess.Popen[bytes] | None = None
-    gateway: subprocess.Popen[bytes] | None = None
+    gateway: GatewayProcess | None = None
     keep_logs = args.keep_logs
     try:
         if rest_cpus:
             os.sched_setaffinity(0, rest_cpus)
-        stub, stub_url = start_stub(rest_cpus, tmp / "stub.log")
-        wait_ready(stub_url + "/health", stub, tmp / "stub.log", 10)
+        stub, stub_url = start_stub(tmp / "stub.log", cpus=rest_cpus)
+        wait_http(stub_url + "/health", stub, 10, lambda: tail(tmp / "stub.log"))
         write_catalog(tmp / "catalog.yaml", stub_url)
-        port = free_port()
-        gateway_url = f"http://{HOST}:{port}"
-        gateway = start_gateway(tmp / "catalog.yaml", port, gw_cpus, tmp / "gateway.log")
-        wait_ready(gateway_url + "/ready", gateway, tmp / "gateway.log", 60)
-        log(f"stub {stub_url} (pid {stub.pid}), gateway {gateway_url} (pid {gateway.pid}); "
-            f"logs in {tmp}")  # fmt: skip
+        gateway = launch_gateway(
+            tmp, tmp / "catalog.yaml", args=["--no-launch"], timeout_s=60, cpus=gw_cpus,
+            # The caller's COE_* settings (API keys, catalog...) must not change what is
+            # measured. Health checks are not on the request path; on a busy shared machine
+            # one can stall past the default 2 s timeout and take the stub out of rotation.
+            keep_coe_env=False,
+            env={"COE_SERVER__LOG_LEVEL": "warning", "COE_UPSTREAM__HEALTH_TIMEOUT_S": "10"},
+        )  # fmt: skip
+        gateway_url = gateway.url
+        log(f"stub {stub_url} (pid {stub.pid}), gateway {gateway_url} "
+            f"(pid {gateway.process.pid}); logs in {tmp}")  # fmt: skip
 
         scenarios = [
             (Scenario("c1", 1, False), warmup, n1, 100),
@@ -611,9 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         if n_stream > 0:
             scenarios.append((Scenario("stream_c1", 1, True), warmup, n_stream, 100))
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            pids = {"loadgen": os.getpid(), "stub": stub.pid, "gateway": gateway.pid}
+            pids = {"loadgen": os.getpid(), "stub": stub.pid, "gateway": gateway.process.pid}
             expert = runner.run(measure(stub_url, gateway_url, scenarios, pids))
-        for proc, name in ((stub, "stub"), (gateway, "gateway")):
+        for proc, name in ((stub, "stub"), (gateway.process, "gateway")):
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} exited during the run ({proc.returncode})")
     except BaseException:
@@ -621,12 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"benchmark failed; logs kept in {tmp}")
         raise
     finally:
-        stop(gateway)
-        stop(stub)
+        if gateway is not None:
+            gateway.stop(5)
+        stop_process(stub, 5)
         if not keep_logs:
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
+            shutil.rmtree(tmp, ignore_errors=True)
 
     summaries = {sc.name: sc.summary() for sc, *_ in scenarios}
     cpu_count = os.cpu_count() or 0
@@ -661,20 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["background_cpus_max"] = max(backgrounds) if backgrounds else None
     meta["quiet"] = bool(backgrounds) and max(backgrounds) <= 0.1
     if args.json:
-        c1, c16 = summaries["c1"], summaries["c16"]
+        c1 = summaries["c1"]
         result: dict[str, Any] = {
-            "p50_added_ms": round(c1["added"]["p50_added_ms"], 4),
-            "p99_added_ms": round(c1["added"]["p99_added_ms"], 4),
-            "p50_added_ms_c16": round(c16["added"]["p50_added_ms"], 4),
-            "p99_added_ms_c16": round(c16["added"]["p99_added_ms"], 4),
-            "rps_c16": round(c16["gateway"]["rps"], 1),
-            "rps_direct_c16": round(c16["direct"]["rps"], 1),
-            "rps_c1": round(c1["gateway"]["rps"], 1),
-            "rps_direct_c1": round(c1["direct"]["rps"], 1),
-            "p50_direct_ms_c1": round(c1["direct"]["p50_ms"], 4),
-            "p50_gateway_ms_c1": round(c1["gateway"]["p50_ms"], 4),
-            "p50_direct_ms_c16": round(c16["direct"]["p50_ms"], 4),
-            "p50_gateway_ms_c16": round(c16["gateway"]["p50_ms"], 4),
+            **_headline(summaries),
             "gateway_cpu_ms_per_req_c1": cpu_c1.get("gateway_cpu_ms_per_req"),
             "errors": errors,
             "target_p50_added_ms": TARGET_P50_ADDED_MS,
@@ -690,6 +584,27 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{errors} of {requests} requests failed: the numbers above are not trustworthy")
         return 1
     return 0
+
+
+def _headline(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The flat figures of the JSON line: added latency, requests/s and p50 per side.
+
+    Keys as before: ``p50_added_ms`` (c=1), ``p50_added_ms_c16``, ``rps_c1``,
+    ``rps_direct_c16``, ``p50_gateway_ms_c1``, ...
+    """
+    out: dict[str, float] = {}
+    for sc in ("c1", "c16"):
+        s, suffix = summaries[sc], "" if sc == "c1" else "_c16"
+        for q in ("p50", "p99"):
+            out[f"{q}_added_ms{suffix}"] = round(s["added"][f"{q}_added_ms"], 4)
+    for sc in ("c16", "c1"):
+        s = summaries[sc]
+        out[f"rps_{sc}"] = round(s["gateway"]["rps"], 1)
+        out[f"rps_direct_{sc}"] = round(s["direct"]["rps"], 1)
+    for sc in ("c1", "c16"):
+        for side in ("direct", "gateway"):
+            out[f"p50_{side}_ms_{sc}"] = round(summaries[sc][side]["p50_ms"], 4)
+    return out
 
 
 def _rounded(obj: Any) -> Any:
