@@ -11,7 +11,6 @@ and its answer is re-framed. Errors on these routes take Anthropic's shape
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -26,19 +25,17 @@ from coe_router.anthropic.count import estimate, exact, tokenize_body
 from coe_router.anthropic.relay import MessagesRelay, TranslatedStream
 from coe_router.anthropic.translate import from_openai, openai_messages, to_openai
 from coe_router.anthropic.types import CountTokensRequest, MessagesRequest, TokenCount
-from coe_router.errors import UpstreamError, UpstreamUnavailable
-from coe_router.gateway.auth import caller_id, require_api_key
+from coe_router.errors import UpstreamError
+from coe_router.gateway.auth import require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.context import AppContext, app_context
-from coe_router.gateway.disconnect import until_disconnect
+from coe_router.gateway.front import Admitted, admit, ask_expert
 from coe_router.gateway.headers import coe_info, routing_headers
-from coe_router.gateway.responses import SSEResponse, replay
+from coe_router.gateway.responses import SSEResponse
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
-from coe_router.protocol import ChatCompletionRequest, ChatMessage
-from coe_router.routing.base import RoutingDecision
-from coe_router.shared.ratelimit import limit_headers
+from coe_router.protocol import ChatCompletionRequest, ChatMessage, FallbackInfo
 
 log = logging.getLogger("coe_router.gateway")
 router = APIRouter()
@@ -59,7 +56,6 @@ async def _messages(
     request: Request, span: tracing.Span, started: float
 ) -> tuple[Response, RequestLifecycle | None]:
     ctx = app_context(request)
-    shared = ctx.shared
     with tracing.validation_span():
         body = await read_json(request, ctx.settings.server.max_body_bytes)
         req = validate(MessagesRequest, body)
@@ -69,36 +65,24 @@ async def _messages(
     span.set("coe.stream", bool(req.stream))
     as_chat = ChatCompletionRequest.model_validate({**forward, "coe": req.coe})
     plan = plan_synthesis(as_chat, ctx.catalog, ctx.settings.synthesis)
-    caller = caller_id(request)
     keyed = {"api": _CACHE_API, **{k: v for k, v in body.items() if k != "metadata"}}
-    cache = None if plan else shared.cache.plan(req.model, keyed, bool(req.stream), caller)
-    if cache is None:
-        quota, hit = await shared.limiter.admit(caller), None
-    else:
-        quota, hit = await asyncio.gather(shared.limiter.admit(caller), shared.cache.lookup(cache))
-    headers = limit_headers(quota) if quota is not None else {}
-    if cache is not None:
-        if hit is not None:
-            return replay(hit, headers), None
-        headers["x-coe-cache"] = "miss"
-    given = req.coe.conversation_id if req.coe is not None else None
-    placed = await ctx.placement.place(req.model, chat, caller, given)
-    if placed.affinity is not None:
-        headers["x-coe-affinity"] = placed.affinity
-    lifecycle = RequestLifecycle(
-        ctx.lifecycle, model=req.model, caller=caller, cache_plan=cache, started=started,
-        span=span,
+    admitted = await admit(
+        request, ctx, model=req.model, messages=chat,
+        conversation=req.coe.conversation_id if req.coe is not None else None,
+        cache_key=None if plan else keyed, stream=bool(req.stream), span=span, started=started,
     )  # fmt: skip
+    if isinstance(admitted, Response):  # answered from the cache
+        return admitted, None
+    lifecycle = admitted.lifecycle
     try:
         if plan is not None:  # several experts answer; the chat path's answer, re-framed
             merged = await synthesis_response(
-                request, ctx, as_chat, forward, placed.decision, plan, lifecycle, headers
-            )
+                request, ctx, as_chat, forward, admitted.decision, plan, lifecycle,
+                admitted.headers,
+            )  # fmt: skip
             response = _as_message(merged, req)
         else:
-            response = await _answer(
-                request, ctx, req, forward, placed.decision, lifecycle, headers
-            )
+            response = await _answer(request, ctx, req, forward, admitted)
     except ClientDisconnected:
         response = Response(status_code=int(CLIENT_CLOSED))
     return response, lifecycle
@@ -109,35 +93,36 @@ async def _answer(
     ctx: AppContext,
     req: MessagesRequest,
     forward: dict[str, Any],
-    decision: RoutingDecision,
-    lifecycle: RequestLifecycle,
-    headers: dict[str, str],
+    admitted: Admitted,
 ) -> Response:
-    """One expert answers the translated request; its answer is translated back."""
-    expert = ctx.pool.get(decision.expert)
-    if expert is None:  # a router named an expert the pool lacks: config drift, say so
-        raise UpstreamUnavailable(f"router chose unknown expert {decision.expert!r}")
-    forward["model"] = expert.spec.served_model_name
-    routing = routing_headers(decision)
-    headers = {**routing, **headers}
-    lifecycle.begin(expert.name, decision.strategy)
+    """One expert (or its stand-in, before the first byte) answers the translated request;
+    its answer is translated back."""
+    lifecycle, headers = admitted.lifecycle, admitted.headers
+    lifecycle.begin(admitted.decision.expert, admitted.decision.strategy)
     with lifecycle.guard():
-        await until_disconnect(request, lifecycle.occupy(expert.name))
         if req.stream:
-            upstream = await until_disconnect(request, expert.stream(forward))
+            streamed, routing = await ask_expert(
+                request, ctx, admitted, req.model, forward, stream=True
+            )
             limit = ctx.shared.cache.max_entry_bytes if lifecycle.cache_plan is not None else None
             relay = MessagesRelay(
-                upstream, lifecycle, model=req.model, stop_sequences=req.stop_sequences,
+                streamed.value, lifecycle, model=req.model, stop_sequences=req.stop_sequences,
                 routing_headers=routing, capture_limit=limit,
             )  # fmt: skip
-            return SSEResponse(relay, headers=headers)
-        result, _replica = await until_disconnect(request, expert.complete(forward))
+            return SSEResponse(relay, headers={**routing, **headers})
+        answered, routing = await ask_expert(
+            request, ctx, admitted, req.model, forward, stream=False
+        )
+        result = answered.value
         message = from_openai(result, model=req.model, stop_sequences=req.stop_sequences)
         out = message.model_dump(mode="json")
-        out["coe"] = coe_info(decision, req.model).model_dump(exclude_none=True)
+        info = coe_info(answered.decision, req.model)
+        if answered.fallback is not None:
+            info.fallback = FallbackInfo.model_validate(answered.fallback.info())
+        out["coe"] = info.model_dump(exclude_none=True, by_alias=True)
         payload = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
     lifecycle.completed(result, payload, routing)
-    return Response(payload, media_type="application/json", headers=headers)
+    return Response(payload, media_type="application/json", headers={**routing, **headers})
 
 
 def _as_message(response: Response, req: MessagesRequest) -> Response:

@@ -222,13 +222,21 @@ async def test_api_keys_come_as_x_api_key_or_bearer(
     assert chat.status_code == 200
 
 
-async def test_an_expert_that_is_down_is_an_overloaded_error(
+async def test_a_down_expert_falls_back_and_naming_it_is_an_overloaded_error(
     client: httpx.AsyncClient, fake: ToolCallingVLLM
 ) -> None:
     fake.of(CODE[0]).mode = "down"
+    # Routed: the generalist stands in before the first byte, as on chat completions.
+    raw = await claude(client).messages.with_raw_response.create(
+        model="coe", max_tokens=8, messages=user("fix this python bug")
+    )
+    assert raw.headers["x-coe-fallback"] == "code->general"
+    assert raw.headers["x-coe-expert"] == "general"
+    assert (await raw.parse()).content
+    # Named: nobody stands in for an expert the client asked for.
     with pytest.raises(anthropic.InternalServerError) as info:
         await claude(client).messages.create(
-            model="coe", max_tokens=8, messages=user("fix this python bug")
+            model="code", max_tokens=8, messages=user("fix this python bug")
         )
     assert info.value.status_code == 503
     assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
