@@ -24,12 +24,12 @@ from coe_router.experts.fallback import (
 from coe_router.gateway.auth import require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.context import AppContext, app_context
-from coe_router.gateway.front import Admitted, admit, ask_expert
-from coe_router.gateway.headers import candidates, coe_info
+from coe_router.gateway.front import Admitted, admit, ask_expert, coe_object
+from coe_router.gateway.headers import candidates
 from coe_router.gateway.responses import SSEResponse
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
-from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
+from coe_router.lifecycle import RequestLifecycle
 from coe_router.protocol import (
     MAX_N,
     ChatCompletionRequest,
@@ -67,17 +67,14 @@ async def _chat_completions(
     )  # fmt: skip
     if isinstance(admitted, Response):  # answered from the cache
         return admitted, None
-    lifecycle = admitted.lifecycle
-    try:
-        if plan is not None:  # several experts answer; the aggregation path takes it from here
-            response = await synthesis_response(
-                request, ctx, req, body, admitted.decision, plan, lifecycle, admitted.headers
-            )
-        else:
-            response = await _single(request, ctx, req, body, admitted)
-    except ClientDisconnected:
-        response = Response(status_code=int(CLIENT_CLOSED))
-    return response, lifecycle
+    if plan is not None:  # several experts answer; the aggregation path takes it from here
+        response = await synthesis_response(
+            request, ctx, req, body, admitted.decision, plan, admitted.lifecycle,
+            admitted.headers,
+        )  # fmt: skip
+    else:
+        response = await _single(request, ctx, req, body, admitted)
+    return response, admitted.lifecycle
 
 
 async def _single(
@@ -107,10 +104,7 @@ async def _single(
             request, ctx, admitted, req.model, forward, stream=False
         )
         result = answered.value
-        info = coe_info(answered.decision, req.model)
-        if answered.fallback is not None:
-            info.fallback = FallbackInfo.model_validate(answered.fallback.info())
-        result["coe"] = info.model_dump(exclude_none=True, by_alias=True)
+        result["coe"] = coe_object(answered, req.model)
         payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
     lifecycle.completed(result, payload, routing)
     return Response(payload, media_type="application/json", headers={**routing, **headers})

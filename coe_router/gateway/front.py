@@ -22,10 +22,10 @@ from coe_router.experts.fallback import Answered, fallback_hops, with_fallback
 from coe_router.gateway.auth import caller_id
 from coe_router.gateway.context import AppContext
 from coe_router.gateway.disconnect import until_disconnect
-from coe_router.gateway.headers import routing_headers
+from coe_router.gateway.headers import coe_info, routing_headers
 from coe_router.gateway.responses import replay
 from coe_router.lifecycle import RequestLifecycle
-from coe_router.protocol import ChatMessage
+from coe_router.protocol import ChatMessage, FallbackInfo
 from coe_router.routing.base import RoutingDecision
 from coe_router.shared.ratelimit import limit_headers
 
@@ -114,3 +114,12 @@ async def ask_expert(
         admitted.headers["x-coe-fallback"] = answered.fallback.header
         lifecycle.cache_plan = None  # the stand-in's answer is not the routed expert's
     return answered, routing_headers(answered.decision)
+
+
+def coe_object(answered: Answered[Any], model: str) -> dict[str, Any]:
+    """The ``coe`` object of a single-expert answer: who answered and why, and the
+    fallback when a stand-in did."""
+    info = coe_info(answered.decision, model)
+    if answered.fallback is not None:
+        info.fallback = FallbackInfo.model_validate(answered.fallback.info())
+    return info.model_dump(exclude_none=True, by_alias=True)

@@ -29,13 +29,13 @@ from coe_router.errors import UpstreamError
 from coe_router.gateway.auth import require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.context import AppContext, app_context
-from coe_router.gateway.front import Admitted, admit, ask_expert
-from coe_router.gateway.headers import coe_info, routing_headers
+from coe_router.gateway.front import Admitted, admit, ask_expert, coe_object
+from coe_router.gateway.headers import routing_headers
 from coe_router.gateway.responses import SSEResponse
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
-from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
-from coe_router.protocol import ChatCompletionRequest, ChatMessage, FallbackInfo
+from coe_router.lifecycle import RequestLifecycle
+from coe_router.protocol import ChatCompletionRequest, ChatMessage
 
 log = logging.getLogger("coe_router.gateway")
 router = APIRouter()
@@ -73,19 +73,13 @@ async def _messages(
     )  # fmt: skip
     if isinstance(admitted, Response):  # answered from the cache
         return admitted, None
-    lifecycle = admitted.lifecycle
-    try:
-        if plan is not None:  # several experts answer; the chat path's answer, re-framed
-            merged = await synthesis_response(
-                request, ctx, as_chat, forward, admitted.decision, plan, lifecycle,
-                admitted.headers,
-            )  # fmt: skip
-            response = _as_message(merged, req)
-        else:
-            response = await _answer(request, ctx, req, forward, admitted)
-    except ClientDisconnected:
-        response = Response(status_code=int(CLIENT_CLOSED))
-    return response, lifecycle
+    if plan is not None:  # several experts answer; the chat path's answer, re-framed
+        merged = await synthesis_response(
+            request, ctx, as_chat, forward, admitted.decision, plan, admitted.lifecycle,
+            admitted.headers,
+        )  # fmt: skip
+        return _as_message(merged, req), admitted.lifecycle
+    return await _answer(request, ctx, req, forward, admitted), admitted.lifecycle
 
 
 async def _answer(
@@ -116,10 +110,7 @@ async def _answer(
         result = answered.value
         message = from_openai(result, model=req.model, stop_sequences=req.stop_sequences)
         out = message.model_dump(mode="json")
-        info = coe_info(answered.decision, req.model)
-        if answered.fallback is not None:
-            info.fallback = FallbackInfo.model_validate(answered.fallback.info())
-        out["coe"] = info.model_dump(exclude_none=True, by_alias=True)
+        out["coe"] = coe_object(answered, req.model)
         payload = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
     lifecycle.completed(result, payload, routing)
     return Response(payload, media_type="application/json", headers={**routing, **headers})
