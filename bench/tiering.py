@@ -142,6 +142,7 @@ from coe_router.experts.tiering.scheduler import SchedulingMode, TierScheduler  
 from coe_router.experts.tiering.tiers import ExpertResidency  # noqa: E402
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica  # noqa: E402
 from tests.fakes import completion  # noqa: E402
+from tests.support import percentile  # noqa: E402
 
 DEVICE = "gpu0"
 
@@ -512,17 +513,6 @@ def make_policy(name: str, recency_tau_s: float) -> EvictionPolicy:
     if name == "score":
         return ScorePolicy(recency_tau_s)
     raise ValueError(f"unknown eviction policy {name!r}")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear interpolation; NaN when empty."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 async def replay(

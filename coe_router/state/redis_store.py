@@ -130,7 +130,8 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_timeout=False,
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        # from_pool: the client owns the pool, so aclose() closes its connections too.
+        self._redis = aioredis.Redis.from_pool(pool)
         #: Overall bound of one operation: pool wait, connect, one reconnect, the reply.
         self.deadline_s = 2 * (connect_timeout_s + socket_timeout_s) + socket_timeout_s
         r = self._redis

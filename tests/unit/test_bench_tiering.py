@@ -29,7 +29,6 @@ from bench.tiering import (
     main,
     make_starvation_trace,
     make_trace,
-    percentile,
     popularity,
     run_starvation,
     run_virtual,
@@ -37,8 +36,7 @@ from bench.tiering import (
 )
 from bench.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop
 from coe_router.experts.tiering.tiers import ExpertResidency, Tier
-
-pytestmark = pytest.mark.unit
+from tests.support import percentile
 
 
 def run(coro: Any, **loop_kw: Any) -> Any:
