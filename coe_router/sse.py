@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
+from coe_router.closing import EndOnce
 from coe_router.errors import UpstreamBadResponse, UpstreamError
 from coe_router.experts.expert import UpstreamStream
 from coe_router.protocol import usage_tokens
@@ -92,8 +93,8 @@ class Relay:
         self._on_first_byte = on_first_byte
         self._on_end = on_end
         self._outcome = "499"
-        self._ended = False
         self._hung_up = False
+        self._end = EndOnce(self._hang_up, lambda: self._on_end(self._outcome))
         self._events = self._relay()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -103,15 +104,6 @@ class Relay:
         """Stop relaying: close the upstream stream and report the outcome (idempotent)."""
         await self._events.aclose()
         await self._end()
-
-    async def _end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            await self._hang_up()
-        finally:
-            self._on_end(self._outcome)
 
     async def _hang_up(self) -> None:
         if not self._hung_up:

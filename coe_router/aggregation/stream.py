@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from coe_router.closing import EndOnce
 from coe_router.errors import CoEError
 from coe_router.lifecycle import CLIENT_CLOSED
 from coe_router.sse import DONE, sse_event
@@ -49,7 +50,7 @@ class KeepAliveStream:
         self._queue: asyncio.Queue[bytes | CoEError | None] = asyncio.Queue()
         self._producer: asyncio.Future[None] | None = None
         self._next: asyncio.Future[bytes | CoEError | None] | None = None
-        self._ended = False
+        self._end = EndOnce(self.close, lambda: self._on_end(self._status))
         self._waited = False
 
     def start(self) -> None:
@@ -90,13 +91,7 @@ class KeepAliveStream:
 
     async def aclose(self) -> None:
         """Stop: cancel the work, report the outcome (idempotent)."""
-        if self._ended:
-            return
-        self._ended = True
-        try:
-            await self.close()
-        finally:
-            self._on_end(self._status)
+        await self._end()
 
     async def _relay(self) -> AsyncIterator[bytes]:
         first = True

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 from coe_router.anthropic.stream import MessageStream
+from coe_router.closing import EndOnce
 from coe_router.errors import UpstreamBadResponse
 from coe_router.experts.expert import UpstreamStream
 from coe_router.lifecycle import RequestLifecycle
@@ -90,7 +91,7 @@ class MessagesRelay:
         self._parts: list[bytes] | None = [] if capture_limit is not None else None
         self._size = 0
         self._outcome = "499"
-        self._finished = False
+        self._finish = EndOnce(self._close_all, self._settle)
         self._relay = Relay(upstream, on_first_byte=lifecycle.first_byte, on_end=self._relay_end)
         self.messages = MessageStream(
             parsed_chunks(self._relay), model=model, stop_sequences=stop_sequences
@@ -121,15 +122,11 @@ class MessagesRelay:
         finally:
             await self._finish()
 
-    async def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+    async def _close_all(self) -> None:
         try:
             await self.messages.aclose()
         finally:
             await self._relay.aclose()  # reports the upstream outcome
-            self._settle()
 
     def _settle(self) -> None:
         status = self._outcome

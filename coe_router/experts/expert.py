@@ -21,6 +21,7 @@ import httpx
 
 from coe_router import tracing
 from coe_router.catalog import ExpertSpec
+from coe_router.closing import EndOnce
 from coe_router.errors import (
     ExpertStarting,
     UpstreamBadResponse,
@@ -60,7 +61,7 @@ class UpstreamStream:
         self._rest = rest
         self._on_close = on_close
         self._ok = False
-        self._closed = False
+        self._close = EndOnce(self._response.aclose, self._closed)
         #: The largest SSE event a reader of this stream should buffer.
         self.max_event_bytes = replica.max_event_bytes
 
@@ -84,16 +85,13 @@ class UpstreamStream:
 
     async def aclose(self) -> None:
         """Close the upstream response and release the replica (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._response.aclose()
-        finally:
-            self._on_close(self._ok)
-            if not self._ok:
-                self.span.fail("the stream ended early")
-            self.span.end()
+        await self._close()
+
+    def _closed(self) -> None:
+        self._on_close(self._ok)
+        if not self._ok:
+            self.span.fail("the stream ended early")
+        self.span.end()
 
 
 class ExpertClient:
