@@ -76,6 +76,10 @@ class Span(Protocol):
         """Set one attribute; ``None`` is skipped."""
         ...
 
+    def update(self, attributes: Mapping[str, AttrValue | None]) -> None:
+        """Set several attributes; ``None`` values are skipped."""
+        ...
+
     def fail(self, exc: BaseException | str) -> None:
         """Mark the span failed, recording the exception (or the message)."""
         ...
@@ -107,6 +111,9 @@ class _NoopSpan:
     recording = False
 
     def set(self, key: str, value: AttrValue | None) -> None:
+        """Nothing to record."""
+
+    def update(self, attributes: Mapping[str, AttrValue | None]) -> None:
         """Nothing to record."""
 
     def fail(self, exc: BaseException | str) -> None:
@@ -151,6 +158,10 @@ class _LiveSpan:
         if value is not None:
             self._span.set_attribute(key, value if isinstance(value, str | bool | int | float)
                                      else list(value))  # fmt: skip
+
+    def update(self, attributes: Mapping[str, AttrValue | None]) -> None:
+        for key, value in attributes.items():
+            self.set(key, value)
 
     def fail(self, exc: BaseException | str) -> None:
         from opentelemetry.trace import Status, StatusCode
@@ -321,11 +332,8 @@ def set_routing(
     encoder_ms: float | None = None,
 ) -> None:
     """What the router decided (``encoder_ms``: time spent embedding, when it embeds)."""
-    span.set("coe.expert", expert)
-    span.set("coe.category", category)
-    span.set("coe.confidence", confidence)
-    span.set("coe.strategy", strategy)
-    span.set("coe.encoder_ms", encoder_ms)
+    span.update({"coe.expert": expert, "coe.category": category, "coe.confidence": confidence,
+                 "coe.strategy": strategy, "coe.encoder_ms": encoder_ms})  # fmt: skip
 
 
 def encoder_span(texts: int, computed: int) -> Span:
@@ -365,12 +373,11 @@ def set_expert_result(
     finish_reason: str | None = None,
 ) -> None:
     """How the expert call went (the fields known, as they become known)."""
-    span.set("coe.replica", replica)
-    span.set("http.response.status_code", status)
-    span.set("coe.ttft_s", ttft_s)
-    span.set("gen_ai.usage.input_tokens", input_tokens)
-    span.set("gen_ai.usage.output_tokens", output_tokens)
-    span.set("gen_ai.response.finish_reasons", [finish_reason] if finish_reason else None)
+    span.update({
+        "coe.replica": replica, "http.response.status_code": status, "coe.ttft_s": ttft_s,
+        "gen_ai.usage.input_tokens": input_tokens, "gen_ai.usage.output_tokens": output_tokens,
+        "gen_ai.response.finish_reasons": [finish_reason] if finish_reason else None,
+    })  # fmt: skip
 
 
 def synthesis_span(strategy: str, panel: Sequence[str], aggregator: str | None) -> Span:

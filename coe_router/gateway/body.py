@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from coe_router import tracing
 from coe_router.errors import BodyTooLarge, InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -91,6 +92,16 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             code="invalid_json",
         )
     return body
+
+
+async def read_request(
+    request: Request, limit: int, model: type[M], context: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], M]:
+    """The body (:func:`read_json`) and its validated form (:func:`validate`), under the
+    request's validation span."""
+    with tracing.validation_span():
+        body = await read_json(request, limit)
+        return body, validate(model, body, context)
 
 
 def validate(model: type[M], body: dict[str, Any], context: Mapping[str, Any] | None = None) -> M:

@@ -22,7 +22,7 @@ from coe_router.experts.fallback import (
     live_decision,
 )
 from coe_router.gateway.auth import require_api_key
-from coe_router.gateway.body import read_json, validate
+from coe_router.gateway.body import read_json, read_request, validate
 from coe_router.gateway.context import AppContext, app_context
 from coe_router.gateway.front import Admitted, admit, ask_expert, coe_object
 from coe_router.gateway.headers import candidates
@@ -54,9 +54,10 @@ async def _chat_completions(
     request: Request, span: tracing.Span, started: float
 ) -> tuple[Response, RequestLifecycle | None]:
     ctx = app_context(request)
-    with tracing.validation_span():
-        body = await read_json(request, ctx.settings.server.max_body_bytes)
-        req = validate(ChatCompletionRequest, body, {MAX_N: ctx.settings.server.max_n})
+    body, req = await read_request(
+        request, ctx.settings.server.max_body_bytes, ChatCompletionRequest,
+        {MAX_N: ctx.settings.server.max_n},
+    )  # fmt: skip
     span.set("gen_ai.request.model", req.model)
     span.set("coe.stream", bool(req.stream))
     plan = plan_synthesis(req, ctx.catalog, ctx.settings.synthesis)

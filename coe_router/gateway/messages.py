@@ -27,7 +27,7 @@ from coe_router.anthropic.translate import from_openai, openai_messages, to_open
 from coe_router.anthropic.types import CountTokensRequest, MessagesRequest, TokenCount
 from coe_router.errors import UpstreamError
 from coe_router.gateway.auth import require_api_key
-from coe_router.gateway.body import read_json, validate
+from coe_router.gateway.body import read_json, read_request, validate
 from coe_router.gateway.context import AppContext, app_context
 from coe_router.gateway.front import Admitted, admit, ask_expert, coe_object
 from coe_router.gateway.headers import routing_headers
@@ -56,11 +56,9 @@ async def _messages(
     request: Request, span: tracing.Span, started: float
 ) -> tuple[Response, RequestLifecycle | None]:
     ctx = app_context(request)
-    with tracing.validation_span():
-        body = await read_json(request, ctx.settings.server.max_body_bytes)
-        req = validate(MessagesRequest, body)
-        forward = to_openai(req)
-        chat = [ChatMessage.model_validate(m) for m in forward["messages"]]
+    body, req = await read_request(request, ctx.settings.server.max_body_bytes, MessagesRequest)
+    forward = to_openai(req)
+    chat = [ChatMessage.model_validate(m) for m in forward["messages"]]
     span.set("gen_ai.request.model", req.model)
     span.set("coe.stream", bool(req.stream))
     as_chat = ChatCompletionRequest.model_validate({**forward, "coe": req.coe})
