@@ -29,7 +29,13 @@ from coe_router.errors import (
     UpstreamUnavailable,
     map_httpx_exceptions,
 )
-from coe_router.experts.replica import Replica, parse_completion, read_capped, status_error
+from coe_router.experts.replica import (
+    Replica,
+    parse_completion,
+    parse_object,
+    read_capped,
+    status_error,
+)
 from coe_router.metrics import Metrics
 
 T = TypeVar("T")
@@ -217,15 +223,7 @@ class ExpertClient:
         tracing.tracer().inject(headers)
         with map_httpx_exceptions(what):
             resp = await replica.client.post(_TOKENIZE, content=_encode(body), headers=headers)
-        if resp.status_code != 200:
-            raise status_error(resp, what)
-        try:
-            answer = resp.json()
-        except ValueError:
-            raise UpstreamBadResponse(f"{what} sent a /tokenize body that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise UpstreamBadResponse(f"{what} sent a /tokenize body that is not an object")
-        return answer
+        return parse_object(resp, f"{what}/tokenize")
 
     async def _with_retries(
         self, call: Callable[[Replica], Awaitable[T]], *, release_on_success: bool, streaming: bool

@@ -147,15 +147,23 @@ async def read_capped(resp: httpx.Response, limit: int, what: str) -> httpx.Resp
     )
 
 
-def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
-    """Turn a non-streaming upstream response into its JSON body, or the right error."""
+def parse_object(resp: httpx.Response, what: str) -> dict[str, Any]:
+    """A 200 response's JSON object, or the right error (the status, or a bad body)."""
     if resp.status_code != 200:
         raise status_error(resp, what)
     try:
         body = resp.json()
     except ValueError:
         raise UpstreamBadResponse(f"{what} sent a body that is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+    if not isinstance(body, dict):
+        raise UpstreamBadResponse(f"{what} sent JSON that is not an object")
+    return body
+
+
+def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
+    """Turn a non-streaming upstream response into its JSON body, or the right error."""
+    body = parse_object(resp, what)
+    if not isinstance(body.get("choices"), list):
         raise UpstreamBadResponse(f"{what} sent JSON that is not a chat completion")
     return body
 

@@ -24,12 +24,14 @@ import importlib.util
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
+
+T = TypeVar("T")
 
 Array = NDArray[np.float32]
 
@@ -152,22 +154,32 @@ def normalize(rows: Array) -> Array:
     return out
 
 
-_models: dict[Path, Any] = {}
-_models_lock = threading.Lock()
+class PerPath(Generic[T]):
+    """One ``load(path)`` per path per process, shared by every router (thread-safe)."""
+
+    def __init__(self, load: Callable[[Path], T]) -> None:
+        self._load = load
+        self._loaded: dict[Path, T] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path) -> T:
+        with self._lock:
+            if path not in self._loaded:
+                self._loaded[path] = self._load(path)
+            return self._loaded[path]
 
 
-def _load_model(path: Path) -> Any:
-    """One model per directory per process: every router shares it."""
-    with _models_lock:
-        if path not in _models:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigError(
-                    "trained routers need sentence-transformers (pip install sentence-transformers)"
-                ) from exc
-            _models[path] = SentenceTransformer(str(path), device="cpu")
-        return _models[path]
+def _sentence_transformer(path: Path) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "trained routers need sentence-transformers (pip install sentence-transformers)"
+        ) from exc
+    return SentenceTransformer(str(path), device="cpu")
+
+
+_load_model = PerPath(_sentence_transformer)
 
 
 def _static(manifest_encoder: Mapping[str, Any]) -> Encoder:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
+from coe_router.routing.encoder import PerPath
 
 Array = NDArray[np.float32]
 
@@ -126,25 +126,21 @@ class StaticEncoder:
         return row / norm if norm > 0 else row
 
 
-_tokenizers: dict[Path, Any] = {}
-_tokenizers_lock = threading.Lock()
-
-
-def _load_tokenizer(path: Path) -> Any:
+def _tokenizer(path: Path) -> Any:
     """The Rust tokenizer, without padding or truncation (windows are cut in characters)."""
-    with _tokenizers_lock:
-        if path not in _tokenizers:
-            try:
-                from tokenizers import Tokenizer
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigError(
-                    "the static encoder needs the tokenizers package (pip install tokenizers)"
-                ) from exc
-            try:
-                tok = Tokenizer.from_file(str(path))
-            except Exception as exc:  # the Rust side raises plain Exception
-                raise ConfigError(f"static encoder: cannot read {path}: {exc}") from None
-            tok.no_padding()
-            tok.no_truncation()
-            _tokenizers[path] = tok
-        return _tokenizers[path]
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "the static encoder needs the tokenizers package (pip install tokenizers)"
+        ) from exc
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises plain Exception
+        raise ConfigError(f"static encoder: cannot read {path}: {exc}") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+_load_tokenizer = PerPath(_tokenizer)
