@@ -24,7 +24,7 @@ def tiered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
         "experts": [{
             "name": "general", "served_model_name": "smollm2-135m-instruct", "generalist": True,
             "memory_gb": 4.0, "tier": {"device": "cpu"},
-            "launch": {"model": "smollm2-135m-instruct", "port": 0},
+            "launch": {"model": "smollm2-135m-instruct", "port": 0, "args": ["--enforce-eager"]},
         }],
     }  # fmt: skip
     env = {
