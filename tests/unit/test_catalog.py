@@ -96,8 +96,31 @@ def test_shipped_catalog_is_valid() -> None:
     assert catalog.generalist.name == "general"
     assert {v.name: v.router for v in catalog.virtual_models} == {
         "coe": "category",
+        "coe-skills": "skill",
+        "coe-retriever": "retriever",
+        "coe-synth": "category",
         "coe-keyword": "keyword",
     }
+    assert all(v.description for v in catalog.virtual_models)
+    assert catalog.virtual_model("coe-synth").synthesis is not None  # type: ignore[union-attr]
+
+
+async def test_every_strategy_of_the_shipped_catalog_routes() -> None:
+    """Each virtual model of the embedded default decides with its own strategy, from the
+    shipped router artifact, and sends a coding request to the coder."""
+    from coe_router.protocol import ChatMessage
+    from coe_router.routing.table import RoutingTable
+
+    table = RoutingTable(load_catalog(Path(__file__).parents[2] / "deploy" / "local.yaml"))
+    ask = [ChatMessage(role="user", content="Fix this Python function: def f(x) return x+1")]
+    strategies = {}
+    for model in table.routers:
+        decision = await table.decide(model, ask)
+        strategies[model] = decision.strategy
+        assert decision.expert == "code", (model, decision)
+    assert strategies == {"coe": "category", "coe-skills": "skill",
+                          "coe-retriever": "retriever", "coe-synth": "category",
+                          "coe-keyword": "keyword"}  # fmt: skip
 
 
 # --- field errors name the field ---------------------------------------------------------------
