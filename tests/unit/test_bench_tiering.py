@@ -1,5 +1,5 @@
-"""The tiering benchmark (``bench/tiering.py`` and its ``tiering_*`` modules), its virtual-time event loop and its
-llama-swap baseline (``bench/collation.py``).
+"""The tiering benchmark (``bench/tiering.py`` and its ``tiering_*`` modules), its
+virtual-time event loop and its llama-swap baseline (``bench/collation.py``).
 
 The loop must run timers instantly but in order, keep real cross-thread wake-ups
 working, and refuse to hang; a tiny benchmark run must finish with no budget
