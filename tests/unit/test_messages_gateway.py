@@ -13,16 +13,13 @@ import pytest
 
 from coe_router.anthropic.count import estimate
 from coe_router.anthropic.types import CountTokensRequest
+from tests.conversation import string_tool
 from tests.unit.conftest import CODE, GENERAL, catalog_dict
 from tests.unit.tool_fakes import ARGUMENTS, TOKENIZED, ToolCallingVLLM
 
 pytestmark = pytest.mark.unit
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather in a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
+WEATHER = string_tool("get_weather", "Weather in a city", "city", required=False)
 
 
 @pytest.fixture
