@@ -169,12 +169,12 @@ class CollationScheduler:
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        """Serve one request on ``name``: wait for llama-swap's grant, release when done."""
-        await self.acquire(name)
-        try:
+        """Serve one request on ``name``: wait for llama-swap's grant, release when done
+        (llama-swap's handler ``defer``s the release; an exit stack is that ``defer``)."""
+        async with contextlib.AsyncExitStack() as deferred:
+            await self.acquire(name)
+            deferred.callback(self.release, name)
             yield
-        finally:
-            self.release(name)
 
     async def acquire(self, name: str) -> None:
         """Wait until the scheduler grants ``name`` to this request."""

@@ -46,3 +46,15 @@ async def settle(*clients: httpx.AsyncClient) -> None:
     """Wait for the background writes (affinity, tokens, cache fills, decision log)."""
     for client in clients:
         await state_of(client).shared.background.drain()
+
+
+def string_tool(name: str, description: str, *params: str, required: bool = True) -> dict[str, Any]:
+    """An Anthropic tool definition whose parameters ``params`` are strings (all required
+    unless ``required=False``)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {p: {"type": "string"} for p in params},
+    }
+    if required:
+        schema["required"] = list(params)
+    return {"name": name, "description": description, "input_schema": schema}

@@ -5,7 +5,8 @@
 * processes: :func:`stop_process`, :func:`wait_http`, :func:`group_alive`, :func:`tail`;
 * :func:`launch_gateway`: ``python -m coe_router serve`` as a subprocess, waited for until
   ``/ready`` (or ``/health``) answers 200; a :class:`GatewayProcess` stops it again;
-* :func:`start_stub`: ``bench/stub_upstream.py`` on a free port;
+* :func:`start_upstream_process`: a fake upstream server script that prints its URL;
+  :func:`start_stub`: ``bench/stub_upstream.py`` on a free port;
 * :class:`RedisServer`: a throwaway ``redis-server`` on a free loopback port;
 * :func:`in_process_client`: a ``create_app()`` app with its lifespan entered and an httpx
   client bound to it through ``httpx.ASGITransport`` (no socket).
@@ -238,26 +239,40 @@ def launch_gateway(
     return gw
 
 
-def start_stub(
-    logfile: Path, *, cpus: set[int] | None = None, args: Sequence[str] = ()
+def start_upstream_process(
+    script: Path,
+    banner: str,
+    logfile: Path,
+    *,
+    args: Sequence[str] = (),
+    cpus: set[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``bench/stub_upstream.py`` on a free port; returns the process and its base URL.
-
-    The stub prints its URL as its first line once it listens, so no polling is needed.
-    """
+    """Run the server ``script`` (stderr to ``logfile``) and read its first stdout line,
+    ``{banner} URL``, printed once it listens: no polling. Returns the process (its stdout
+    closed: the banner is all it prints) and the URL."""
     with logfile.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "stub_upstream.py"), "--host", HOST,
-             "--port", "0", *args],
+            [sys.executable, str(script), *args],
             stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=child_env(keep_coe=False),
             preexec_fn=pinned(cpus),
         )  # fmt: skip
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("stub listening on "):
+    with proc.stdout:
+        line = proc.stdout.readline().decode().strip()
+    if not line.startswith(banner + " "):
         stop_process(proc, 5)
-        raise LaunchError(f"the stub did not start: {line!r}\n{tail(logfile)}")
-    return proc, line.removeprefix("stub listening on ")
+        raise LaunchError(f"{script.name} did not start: {line!r}\n{tail(logfile)}")
+    return proc, line.removeprefix(banner + " ")
+
+
+def start_stub(
+    logfile: Path, *, cpus: set[int] | None = None, args: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``bench/stub_upstream.py`` on a free port; returns the process and its base URL."""
+    return start_upstream_process(
+        ROOT / "bench" / "stub_upstream.py", "stub listening on", logfile,
+        args=["--host", HOST, "--port", "0", *args], cpus=cpus,
+    )  # fmt: skip
 
 
 # --- Redis ------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import stat
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support import HOST, GatewayProcess, launch_gateway
+from tests.support import HOST, GatewayProcess, free_port, launch_gateway
 
 #: An expert of a test catalog: (name, the served model name that picks the canned
 #: behaviour), and optionally its replica's URL (default: the canned upstream).
@@ -55,9 +57,26 @@ class Launcher:
             gw.stop(10)
 
 
+def launched_expert(
+    workdir: Path, script: str, env: Mapping[str, str], **entry: Any
+) -> tuple[Path, dict[str, Any]]:
+    """An expert the gateway launches, played by the Python ``script``: returns the
+    interpreter to give as ``COE_LOCAL__PYTHON`` (``script`` itself, made executable) and
+    the catalog entry ``local`` (with ``entry`` over it) whose launch sets ``env``."""
+    fake = workdir / "fake-python"
+    fake.write_text(f"#!{sys.executable}\n{script}")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    model = workdir / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    launch = {"model": str(model), "port": free_port(), "env": dict(env)}
+    return fake, {"name": "local", "served_model_name": "local", "required": False,
+                  "launch": launch, **entry}  # fmt: skip
+
+
 def log_of(gw: GatewayProcess) -> str:
     """The gateway's whole log so far."""
     return gw.log_path.read_text(errors="replace")
 
 
-__all__ = ["HOST", "Expert", "Launcher", "StartGateway", "catalog", "log_of"]
+__all__ = ["HOST", "Expert", "Launcher", "StartGateway", "catalog", "launched_expert", "log_of"]

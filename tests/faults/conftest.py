@@ -4,36 +4,29 @@ upstream processes that misbehave on purpose (:mod:`tests.faults.upstreams`)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.faults.canned import Launcher, StartGateway
-from tests.faults.upstreams import FakeUpstream, start_fake
-from tests.support import ROOT, LaunchError, child_env, stop_process, tail
+from tests.faults.upstreams import FakeUpstream, gateway, running, start_fake
+from tests.support import GatewayProcess, start_upstream_process, stop_process
 
 
 @pytest.fixture(scope="module")
 def canned_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a running canned upstream (see ``canned_upstream.py``)."""
-    log_path = tmp_path_factory.mktemp("canned") / "canned.log"
-    with log_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("canned_upstream.py"))],
-            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=child_env(keep_coe=False),
-        )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("canned listening on "):
-        stop_process(proc, 5)
-        raise LaunchError(f"the canned upstream did not start: {line!r}\n{tail(log_path)}")
+    proc, url = start_upstream_process(
+        Path(__file__).with_name("canned_upstream.py"), "canned listening on",
+        tmp_path_factory.mktemp("canned") / "canned.log",
+    )  # fmt: skip
     try:
-        yield line.removeprefix("canned listening on ")
+        yield url
     finally:
-        proc.stdout.close()
         stop_process(proc, 5)
 
 
@@ -71,3 +64,23 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Fak
         stop_process(fake.process, 5)
 
 
+@pytest.fixture(scope="module")
+def fake_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start a module's gateway over fake upstreams: ``fake_gateway(catalog, env)`` (see
+    :func:`tests.faults.upstreams.gateway`); it stops when the module ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(cat: Mapping[str, Any], env: Mapping[str, str] | None = None) -> GatewayProcess:
+            gw = gateway(tmp_path_factory.mktemp("gw"), cat, env)
+            return stack.enter_context(running(gw))
+
+        yield start
+
+
+@pytest.fixture
+def client(gw: GatewayProcess) -> Iterator[httpx.Client]:
+    """A client of the module's ``gw``."""
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        yield c

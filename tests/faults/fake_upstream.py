@@ -42,6 +42,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,19 +123,25 @@ class FakeUpstream:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One connection: requests one after another until it closes or a fault ends it."""
+        async with self._counted(writer):
+            ended = (Close, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+            with contextlib.suppress(*ended):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    await self._one(head, reader, writer)
+                    await writer.drain()
+
+    @contextlib.asynccontextmanager
+    async def _counted(self, writer: asyncio.StreamWriter) -> AsyncIterator[None]:
+        """Count the connection in ``/stats`` while it is open; close it at the end."""
         self.open_connections += 1
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                await self._one(head, reader, writer)
-                await writer.drain()
-        except (Close, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+            yield
         finally:
             self.open_connections -= 1
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            # A peer that already reset the connection makes wait_closed raise: ignored.
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
 
     async def _one(
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -269,14 +276,14 @@ class FakeUpstream:
 async def serve(host: str, port: int, fake: FakeUpstream) -> None:
     """Listen on ``host:port`` (0: a free port), print the URL, serve until SIGTERM."""
     server = await asyncio.start_server(fake.handle, host, port, backlog=1024)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"fake upstream listening on http://{host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    print(f"fake upstream listening on http://{host}:{server.sockets[0].getsockname()[1]}",
+          flush=True)  # fmt: skip
+    # A signal cancels serve_forever, which closes the server.
+    serving = asyncio.ensure_future(server.serve_forever())
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+        asyncio.get_running_loop().add_signal_handler(sig, serving.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
 
 
 def main(argv: list[str] | None = None) -> int:

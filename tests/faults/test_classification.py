@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -38,22 +38,15 @@ def code(fakes: Callable[[], FakeUpstream]) -> FakeUpstream:
 
 @pytest.fixture(scope="module")
 def gw(
-    general: list[FakeUpstream], code: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
+    general: list[FakeUpstream], code: FakeUpstream, fake_gateway: Callable[..., GatewayProcess]
+) -> GatewayProcess:
     cat = catalog([f.url for f in general], [code.url])
     cat["experts"][1]["required"] = True  # /ready must speak for code too
     env = {
         "COE_UPSTREAM__READ_TIMEOUT_S": str(READ_TIMEOUT_S),
         "COE_UPSTREAM__BREAKER_RESET_S": str(BREAKER_RESET_S),
     }
-    with running(gateway(tmp_path_factory.mktemp("gw"), cat, env)) as gw:
-        yield gw
-
-
-@pytest.fixture
-def client(gw: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.url, timeout=30) as c:
-        yield c
+    return fake_gateway(cat, env)
 
 
 def test_slow_generations_do_not_black_out_an_expert(

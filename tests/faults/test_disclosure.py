@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.canned import StartGateway, log_of
+from tests.faults.canned import StartGateway, launched_expert, log_of
 from tests.support import GatewayProcess, free_port, launch_gateway
 
 ADMIN = {"authorization": "Bearer sk-admin-secret"}
@@ -93,7 +91,7 @@ def test_anthropic_shaped_errors_say_no_more(gw: GatewayProcess, dead_url: str) 
     assert not leaks(resp.text, dead_url)
 
 
-FAKE_VLLM = """#!{python}
+FAKE_VLLM = """
 import json, os, sys, time
 with open(os.environ["DUMP_ENV_TO"], "w") as f:
     json.dump(dict(os.environ), f)
@@ -102,20 +100,11 @@ time.sleep(60)
 
 
 def test_launched_experts_get_a_minimal_environment(tmp_path: Path) -> None:
-    fake = tmp_path / "fake-python"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
     dump = tmp_path / "env.json"
-    catalog = {
-        "experts": [{"name": "local", "served_model_name": "local", "generalist": True,
-                     "categories": ["general"], "required": False,
-                     "launch": {"model": str(model), "port": free_port(),
-                                "env": {"DUMP_ENV_TO": str(dump)}}}],
-        "virtual_models": [{"name": "coe", "router": "keyword"}],
-    }  # fmt: skip
+    fake, local = launched_expert(
+        tmp_path, FAKE_VLLM, {"DUMP_ENV_TO": str(dump)}, generalist=True, categories=["general"]
+    )
+    catalog = {"experts": [local], "virtual_models": [{"name": "coe", "router": "keyword"}]}
     secrets = {
         "COE_AUTH__ADMIN_KEY": "sk-admin-secret", "COE_AUTH__API_KEYS": '["sk-user-secret"]',
         "COE_REDIS_URL": "redis://:pw-secret@127.0.0.1:1/0", "OTHER_TOKEN": "tok-secret",

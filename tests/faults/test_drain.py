@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import stat
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.faults.canned import StartGateway, catalog, log_of
-from tests.support import free_port, launch_gateway
+from tests.faults.canned import StartGateway, catalog, launched_expert, log_of
+from tests.support import launch_gateway
 
 CHAT = "/v1/chat/completions"
 DRAIN_S = 2.0
@@ -97,7 +95,7 @@ async def test_sigterm_lets_requests_finish_then_ends_the_rest_in_band(
     assert "Cancel" not in log  # uvicorn's own backstop never had to cut anything
 
 
-FAKE_EXPERT = """#!{python}
+FAKE_EXPERT = """
 import os, signal, sys, time
 def stop(*_):
     with open(os.environ["STOPPED_AT"], "w") as f:
@@ -111,19 +109,12 @@ while True:
 
 
 async def test_launched_experts_stop_only_after_the_drain(tmp_path: Path, canned_url: str) -> None:
-    fake = tmp_path / "fake-python"
-    fake.write_text(FAKE_EXPERT.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
     stopped_at = tmp_path / "stopped-at"
+    fake, local = launched_expert(
+        tmp_path, FAKE_EXPERT, {"STOPPED_AT": str(stopped_at)}, categories=["local"]
+    )
     experts = catalog(canned_url, [("general", "general"), ("slow", "slow-stream")])
-    experts["experts"].append({
-        "name": "local", "served_model_name": "local", "categories": ["local"],
-        "required": False, "launch": {"model": str(model), "port": free_port(),
-                                      "env": {"STOPPED_AT": str(stopped_at)}},
-    })  # fmt: skip
+    experts["experts"].append(local)
     gw = launch_gateway(
         tmp_path / "gw", experts, env={"COE_SERVER__DRAIN_S": str(DRAIN_S),
                                        "COE_LOCAL__PYTHON": str(fake)},

@@ -3,7 +3,7 @@ or failing before the first byte, is stood in for by the next candidate; never a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,8 +15,6 @@ from tests.faults.upstreams import (
     chat,
     closed_url,
     error_of,
-    gateway,
-    running,
     sse,
 )
 from tests.support import GatewayProcess
@@ -34,8 +32,8 @@ def math(fakes: Callable[[], FakeUpstream]) -> FakeUpstream:
 
 @pytest.fixture(scope="module")
 def gw(
-    general: FakeUpstream, math: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
+    general: FakeUpstream, math: FakeUpstream, fake_gateway: Callable[..., GatewayProcess]
+) -> GatewayProcess:
     """``code`` has one replica where nothing listens; ``math`` is up (its fake is told
     what to do); ``general`` is the generalist."""
     cat = catalog(
@@ -43,14 +41,7 @@ def gw(
         extra=[{"name": "math", "served_model_name": "fake-math", "categories": ["math"],
                 "replicas": [math.url]}],
     )  # fmt: skip
-    with running(gateway(tmp_path_factory.mktemp("gw"), cat)) as gw:
-        yield gw
-
-
-@pytest.fixture
-def client(gw: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.url, timeout=30) as c:
-        yield c
+    return fake_gateway(cat)
 
 
 def test_a_down_expert_falls_back_to_the_generalist(

@@ -5,7 +5,7 @@ real gateway process. Requests name an expert, so cross-expert fallback stays ou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,8 +17,6 @@ from tests.faults.upstreams import (
     chat,
     cpu_seconds,
     error_of,
-    gateway,
-    running,
     sse,
 )
 from tests.support import GatewayProcess
@@ -34,23 +32,15 @@ def code_fake(fakes: Callable[[], FakeUpstream]) -> FakeUpstream:
 @pytest.fixture(scope="module")
 def gw(
     fakes: Callable[[], FakeUpstream], code_fake: FakeUpstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayProcess]:  # fmt: skip
+    fake_gateway: Callable[..., GatewayProcess],
+) -> GatewayProcess:  # fmt: skip
     general = [fakes().url, fakes().url]
     env = {
         "COE_UPSTREAM__READ_TIMEOUT_S": str(READ_TIMEOUT_S),
         # Faults back to back must not open the breaker here: each test sees its own fault.
         "COE_UPSTREAM__BREAKER_FAILURES": "1000",
     }
-    with running(gateway(tmp_path_factory.mktemp("gw"), catalog(general, [code_fake.url]),
-                         env)) as gw:  # fmt: skip
-        yield gw
-
-
-@pytest.fixture
-def client(gw: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.url, timeout=30) as c:
-        yield c
+    return fake_gateway(catalog(general, [code_fake.url]), env)
 
 
 def test_an_endless_event_is_cut_at_the_cap_with_an_in_band_502(

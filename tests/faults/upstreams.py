@@ -18,14 +18,10 @@ import httpx
 
 from tests.support import (
     HOST,
-    ROOT,
     GatewayProcess,
-    LaunchError,
-    child_env,
     free_port,
     launch_gateway,
-    stop_process,
-    tail,
+    start_upstream_process,
 )
 
 FAKE = Path(__file__).with_name("fake_upstream.py")
@@ -60,19 +56,11 @@ class FakeUpstream:
 def start_fake(workdir: Path) -> FakeUpstream:
     """A fake upstream on a free port (it prints its URL once it listens)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    logfile = workdir / f"fake-{time.monotonic_ns()}.log"
-    with logfile.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAKE), "--host", HOST, "--port", "0"],
-            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=child_env(keep_coe=False),
-        )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    proc.stdout.close()  # the listening line is all it ever prints
-    if not line.startswith("fake upstream listening on "):
-        stop_process(proc, 5)
-        raise LaunchError(f"the fake upstream did not start: {line!r}\n{tail(logfile)}")
-    return FakeUpstream(line.removeprefix("fake upstream listening on "), proc)
+    proc, url = start_upstream_process(
+        FAKE, "fake upstream listening on", workdir / f"fake-{time.monotonic_ns()}.log",
+        args=["--host", HOST, "--port", "0"],
+    )  # fmt: skip
+    return FakeUpstream(url, proc)
 
 
 def closed_url() -> str:

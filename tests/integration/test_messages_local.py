@@ -11,18 +11,14 @@ import anthropic
 import openai
 import pytest
 
+from tests.conversation import string_tool
 from tests.support import GatewayProcess as Gateway
 
 pytestmark = pytest.mark.integration
 
 #: Greedy and short: CPU generation is slow and answers must be reproducible.
 GREEDY = {"temperature": 0.0}
-RUN_PYTHON = {
-    "name": "run_python",
-    "description": "Run a Python snippet and return what it prints.",
-    "input_schema": {"type": "object", "properties": {"code": {"type": "string"}},
-                     "required": ["code"]},
-}  # fmt: skip
+RUN_PYTHON = string_tool("run_python", "Run a Python snippet and return what it prints.", "code")
 ASK = "Use the run_python tool to test a Python function that reverses a string."
 
 

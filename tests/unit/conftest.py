@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -17,12 +17,16 @@ from coe_router.gateway import create_app
 from tests.fakes import FakeVLLM
 from tests.support import CODE, GENERAL, in_process_client, keyword_catalog
 
+if TYPE_CHECKING:  # tracing is optional: only the tests that ask for spans import it
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 __all__ = ["CODE", "GENERAL", "app_of", "catalog_dict", "openai_error"]
 
 
-def catalog_dict() -> dict[str, Any]:
-    """Two experts over fake replicas: a generalist with two replicas and a coder."""
-    return keyword_catalog()
+def catalog_dict(**virtual_model: Any) -> dict[str, Any]:
+    """Two experts over fake replicas: a generalist with two replicas and a coder
+    (``virtual_model`` adds to the virtual model's entry, e.g. ``cache_ttl_s=60``)."""
+    return keyword_catalog(**virtual_model)
 
 
 @pytest.fixture
@@ -59,6 +63,19 @@ async def make_client(
 async def client(make_client: Callable[..., Any]) -> httpx.AsyncClient:
     c: httpx.AsyncClient = await make_client()
     return c
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, every finished span kept in memory; off again afterwards."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from coe_router import tracing
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(exporter=exporter)
+    yield exporter
+    tracing.reset()
 
 
 def app_of(client: httpx.AsyncClient) -> FastAPI:

@@ -97,6 +97,17 @@ def client_over(raw: bytes, status: int = 200) -> anthropic.AsyncAnthropic:
     )  # fmt: skip
 
 
+async def read_back(raw: bytes) -> tuple[str, anthropic.types.Message]:
+    """What the official client makes of the stream ``raw``: its text, and its final
+    message (the request it sends does not matter: the transport answers ``raw``)."""
+    async with client_over(raw).messages.stream(
+        model="coe", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    return text, final
+
+
 async def test_text_stream_is_anthropic_s_event_sequence() -> None:
     stream, raw = await translate(TEXT)
     seq = events(raw)
@@ -118,13 +129,8 @@ async def test_text_stream_is_anthropic_s_event_sequence() -> None:
 
 async def test_the_client_accumulates_the_text_stream() -> None:
     _, raw = await translate(TEXT)
-    client = client_over(raw)
-    async with client.messages.stream(
-        model="coe", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        texts = [t async for t in stream.text_stream]
-        final = await stream.get_final_message()
-    assert "".join(texts) == "Hello"
+    text, final = await read_back(raw)
+    assert text == "Hello"
     assert [b.type for b in final.content] == ["text"]
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (12, 2)
@@ -161,11 +167,7 @@ async def test_tool_calls_stream_as_tool_use_blocks_with_input_json_deltas() -> 
 
 async def test_the_client_accumulates_tool_use() -> None:
     _, raw = await translate(TOOLS)
-    client = client_over(raw)
-    async with client.messages.stream(
-        model="coe", max_tokens=64, messages=[{"role": "user", "content": "weather?"}]
-    ) as stream:
-        final = await stream.get_final_message()
+    _, final = await read_back(raw)
     assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
     paris, rome = final.content[1], final.content[2]
     assert isinstance(paris, anthropic.types.ToolUseBlock)
@@ -180,10 +182,7 @@ async def test_broken_tool_arguments_still_parse_in_the_client() -> None:
     chunks = [chunk({"tool_calls": [call(0, id="c", name="f", args='{"a": ')]}),
               chunk({}, "length")]  # fmt: skip
     _, raw = await translate(chunks)
-    async with client_over(raw).messages.stream(
-        model="coe", max_tokens=4, messages=[{"role": "user", "content": "x"}]
-    ) as stream:
-        final = await stream.get_final_message()
+    _, final = await read_back(raw)
     block = final.content[0]
     assert isinstance(block, anthropic.types.ToolUseBlock)
     assert block.input == {UNPARSED_ARGUMENTS: '{"a": '}
@@ -245,10 +244,7 @@ async def test_an_in_band_error_object_becomes_an_error_event() -> None:
 async def test_ping_is_ignored_by_the_client() -> None:
     _, raw = await translate(TEXT)
     first, rest = raw.split(b"\n\n", 1)
-    async with client_over(first + b"\n\n" + PING + rest).messages.stream(
-        model="coe", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-    ) as stream:
-        final = await stream.get_final_message()
+    _, final = await read_back(first + b"\n\n" + PING + rest)
     assert final.content[0].type == "text"
 
 

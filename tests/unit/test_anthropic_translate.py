@@ -17,15 +17,11 @@ from coe_router.anthropic.translate import (
 )
 from coe_router.anthropic.types import MessagesRequest
 from coe_router.errors import InvalidRequest, UpstreamBadResponse
+from tests.conversation import string_tool
 
 pytestmark = pytest.mark.unit
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
-                     "required": ["city"]},
-}  # fmt: skip
+WEATHER = string_tool("get_weather", "Current weather in a city", "city")
 
 
 def request(messages: list[dict[str, Any]], **extra: Any) -> MessagesRequest:

@@ -1,5 +1,5 @@
-"""The tiering benchmark (``bench/tiering.py``), its virtual-time event loop and its
-llama-swap baseline (``bench/collation.py``).
+"""The tiering benchmark (``bench/tiering.py`` and its ``tiering_*`` modules), its
+virtual-time event loop and its llama-swap baseline (``bench/collation.py``).
 
 The loop must run timers instantly but in order, keep real cross-thread wake-ups
 working, and refuse to hang; a tiny benchmark run must finish with no budget
@@ -20,19 +20,17 @@ import httpx
 import pytest
 
 from bench.collation import CollationScheduler, Matrix
-from bench.tiering import (
-    POLICIES,
+from bench.tiering import main
+from bench.tiering_policies import POLICIES, PoolSpec
+from bench.tiering_replay import run_starvation, run_virtual
+from bench.tiering_report import starvation_bound_s
+from bench.tiering_trace import (
     PROFILES,
-    PoolSpec,
     StarvationSpec,
     TraceSpec,
-    main,
     make_starvation_trace,
     make_trace,
     popularity,
-    run_starvation,
-    run_virtual,
-    starvation_bound_s,
 )
 from bench.virtual_time import VirtualTimeDeadlock, VirtualTimeLoop
 from coe_router.experts.tiering.tiers import ExpertResidency, Tier

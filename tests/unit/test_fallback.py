@@ -28,13 +28,12 @@ def chat(content: str = CODING, model: str = "coe", **extra: object) -> dict[str
 def three_experts(**virtual_model: Any) -> dict[str, Any]:
     """general (the generalist), code and math; "python equation" routes to code with
     math as the alternative."""
-    catalog = catalog_dict()
+    catalog = catalog_dict(**virtual_model)
     catalog["experts"].append(
         {"name": "math", "served_model_name": "small-math", "categories": ["math"],
          "replicas": MATH}
     )  # fmt: skip
     catalog["keywords"]["math"] = ["equation"]
-    catalog["virtual_models"][0].update(virtual_model)
     return catalog
 
 
@@ -127,9 +126,7 @@ async def test_a_slow_non_streamed_generation_is_not_sent_elsewhere(
 async def test_fallback_off_for_a_virtual_model_in_the_catalog(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    catalog = catalog_dict()
-    catalog["virtual_models"][0]["fallback_hops"] = 0
-    client = await make_client(catalog=catalog)
+    client = await make_client(catalog=catalog_dict(fallback_hops=0))
     fake.of(CODE[0]).mode = "down"
     openai_error(await client.post(CHAT, json=chat()), 503)
     openai_error(await client.post(CHAT, json=chat()), 503)
@@ -199,9 +196,7 @@ async def test_an_open_breaker_makes_the_expert_not_live(
 async def test_a_fallback_answer_is_not_cached_as_the_routed_experts(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    catalog = catalog_dict()
-    catalog["virtual_models"][0]["cache_ttl_s"] = 60
-    client = await make_client(catalog=catalog)
+    client = await make_client(catalog=catalog_dict(cache_ttl_s=60))
     fake.of(CODE[0]).mode = "down"
     assert (await client.post(CHAT, json=chat())).headers["x-coe-fallback"] == "code->general"
     fake.of(CODE[0]).mode = "ok"

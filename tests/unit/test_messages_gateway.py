@@ -13,16 +13,13 @@ import pytest
 
 from coe_router.anthropic.count import estimate
 from coe_router.anthropic.types import CountTokensRequest
+from tests.conversation import string_tool
 from tests.unit.conftest import CODE, GENERAL, catalog_dict
 from tests.unit.tool_fakes import ARGUMENTS, TOKENIZED, ToolCallingVLLM
 
 pytestmark = pytest.mark.unit
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather in a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
+WEATHER = string_tool("get_weather", "Weather in a city", "city", required=False)
 
 
 @pytest.fixture
@@ -41,6 +38,18 @@ def claude(client: httpx.AsyncClient, api_key: str = "k") -> anthropic.AsyncAnth
 
 def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
+
+
+async def stream_message(
+    client: httpx.AsyncClient, **create: Any
+) -> tuple[str, anthropic.types.Message, httpx2.Headers]:
+    """Stream a message of ``coe`` through the official client: its text, its final
+    message and the response headers."""
+    async with claude(client).messages.stream(model="coe", **create) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+        headers = stream.response.headers
+    return text, final, headers
 
 
 async def test_a_message_is_routed_and_answered(
@@ -76,13 +85,10 @@ async def test_a_message_is_routed_and_answered(
 async def test_a_streamed_message_is_anthropic_s_event_stream(
     client: httpx.AsyncClient, fake: ToolCallingVLLM
 ) -> None:
-    async with claude(client).messages.stream(
-        model="coe", max_tokens=32, messages=user("write a poem")
-    ) as stream:
-        texts = [t async for t in stream.text_stream]
-        final = await stream.get_final_message()
-        headers = stream.response.headers
-    assert "".join(texts) == "hello0 hello1 hello2 "
+    text, final, headers = await stream_message(
+        client, max_tokens=32, messages=user("write a poem")
+    )
+    assert text == "hello0 hello1 hello2 "
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 3  # the fake sends no usage chunk: counted chunks
     assert headers["x-coe-expert"] == "general"
@@ -111,13 +117,9 @@ async def test_a_tool_call_comes_back_as_tool_use(
 async def test_a_streamed_tool_call_is_accumulated_by_the_client(
     client: httpx.AsyncClient, fake: ToolCallingVLLM
 ) -> None:
-    async with claude(client).messages.stream(
-        model="coe",
-        max_tokens=64,
-        tools=[WEATHER],  # type: ignore[list-item]
-        messages=user("What's the weather in Paris?"),
-    ) as stream:
-        final = await stream.get_final_message()
+    _, final, _ = await stream_message(
+        client, max_tokens=64, tools=[WEATHER], messages=user("What's the weather in Paris?")
+    )
     (block,) = final.content
     assert isinstance(block, anthropic.types.ToolUseBlock)
     assert block.input == ARGUMENTS
@@ -293,18 +295,14 @@ async def test_synthesis_answers_as_one_message(
 async def test_synthesis_streams_as_anthropic_events(
     client: httpx.AsyncClient, fake: ToolCallingVLLM
 ) -> None:
-    async with claude(client).messages.stream(
-        model="coe",
-        max_tokens=16,
-        messages=user("write a poem"),
+    text, final, headers = await stream_message(
+        client, max_tokens=16, messages=user("write a poem"),
         extra_body={"coe": {"synthesis": True, "k": 2}},
-    ) as stream:
-        texts = [t async for t in stream.text_stream]
-        final = await stream.get_final_message()
-        assert stream.response.headers["x-coe-strategy"] == "synthesis-synthesize"
-    assert "".join(texts)
+    )  # fmt: skip
+    assert headers["x-coe-strategy"] == "synthesis-synthesize"
+    assert text
     assert final.content[0].type == "text"
-    assert final.content[0].text == "".join(texts)
+    assert final.content[0].text == text
     assert final.stop_reason == "end_turn"
     metrics = (await client.get("/metrics")).text
     (counted,) = [line for line in metrics.splitlines() if line.startswith("coe_requests_total")]
@@ -343,9 +341,7 @@ async def test_messages_count_against_token_limits_and_get_anthropic_429s(
 async def test_a_cached_message_replays_anthropic_events_not_chat_chunks(
     make_client: Callable[..., Any], fake: ToolCallingVLLM
 ) -> None:
-    catalog = catalog_dict()
-    catalog["virtual_models"][0]["cache_ttl_s"] = 60
-    http = await make_client(catalog=catalog)
+    http = await make_client(catalog=catalog_dict(cache_ttl_s=60))
     body = {"model": "coe", "max_tokens": 8, "stream": True, "messages": user("write a poem")}
     first = await http.post("/v1/messages", json=body)
     await http.app.state.coe.shared.background.drain()  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from coe_router import tracing
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure(exporter=exporter)
-    yield exporter
-    tracing.reset()
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,6 @@ from tests.fake_sleep import FakeSleepFleet
 from tests.unit.tier_fakes import Build, rep, start_gateway
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure(exporter=exporter)
-    yield exporter
-    tracing.reset()
 
 
 class StreamingFleet:
