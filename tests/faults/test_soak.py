@@ -120,7 +120,9 @@ def test_soak_with_a_fifth_of_upstream_calls_faulted(
     assert rss_after - rss_before < 150 * 2**20  # generous: a 1 MiB event cap per stream
     assert sockets_after <= sockets_idle + 3, (sockets_idle, sockets_after)
     assert upstream_open <= 2 * len(upstreams)
-    assert max(health_s) < 2.0  # shared CPU: generous, but nothing near a stall
+    # /health queues behind 32 busy connections on 2 shared cores (0.4-3 s seen under load);
+    # a stall of the event loop (the vote regex once took 8.7 s) is what this catches.
+    assert max(health_s) < 5.0
     assert health_after < 0.5
 
 
