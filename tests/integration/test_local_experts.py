@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.integration.conftest import admin, local_catalog, running_gateway
+from tests.integration.conftest import ADMIN, admin, local_catalog, running_gateway
 from tests.support import GatewayProcess, group_alive, start_stub, stop_process
 
 # Greedy and short: CPU generation is slow and answers must be reproducible.
@@ -157,5 +157,7 @@ def test_killed_expert_gives_clean_503s_while_the_other_serves(doomed: GatewayPr
 
     ready = httpx.get(f"{doomed.url}/ready", timeout=10)
     assert ready.status_code == 503
-    assert ready.json()["experts"]["code"]["live"] is False
+    assert ready.json()["experts"]["code"] == "not ready"  # no detail without the admin key
+    detail = httpx.get(f"{doomed.url}/ready", headers=ADMIN, timeout=10)
+    assert detail.json()["experts"]["code"]["live"] is False
     assert admin(doomed)["code"]["process"]["state"] == "exited"
