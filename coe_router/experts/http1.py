@@ -1,0 +1,396 @@
+"""A lean HTTP/1.1 keep-alive client for the expert calls on the request path.
+
+Profiling the gateway under ``bench/gateway_overhead.py`` showed httpx (client, httpcore
+pool, anyio streams) spending about 60% of the gateway's CPU per relayed request at
+concurrency 16, most of it generic machinery an expert call does not need: auth and
+redirect hooks, URL re-parsing, per-request pool scans of every connection. This client
+does one thing: ``POST`` (or ``GET``) a body to one ``host:port`` over pooled keep-alive
+connections, parsing the answer with ``httptools`` (the C parser uvicorn already uses).
+
+What it keeps from httpx, so the rest of the code cannot tell the difference:
+
+* every wait has an explicit timeout (connect, write, read between chunks, pool), taken
+  from the same :class:`~coe_router.config.UpstreamSettings`;
+* failures raise httpx's exception types (:class:`httpx.ConnectError`,
+  :class:`httpx.ReadTimeout`, :class:`httpx.RemoteProtocolError`...), so that
+  :func:`coe_router.errors.map_httpx_exceptions` stays the one place that translates them;
+* closing a response before its end closes the connection (vLLM then aborts the request);
+  a complete response returns its connection to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+import httpx
+
+#: Unread bytes a stream may buffer before the socket stops being read (back-pressure).
+_HIGH_WATER = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds each kind of wait may take."""
+
+    connect: float
+    read: float
+    write: float
+    pool: float
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; one request at a time (no pipelining)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[Any] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._header_name = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.headers_done = False
+        self.keep_alive = False
+        self.complete = False
+        self.lost: BaseException | None = None
+        self._reading_paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.lost = httpx.RemoteProtocolError(f"malformed HTTP response: {exc}")
+            self.close()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.complete and self.lost is None:
+            detail = f": {exc}" if exc else ""
+            self.lost = httpx.RemoteProtocolError(f"server disconnected{detail}")
+        self.transport = None
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drain = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        # Asked here: once the message completes, the parser has already reset its state.
+        self.keep_alive = self._parser.should_keep_alive()
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- used by the pool and the response ---------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the last response ended cleanly on a connection that stays open."""
+        return (
+            self.complete
+            and self.lost is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.keep_alive
+        )
+
+    def reset(self) -> None:
+        """Ready for the next request on this connection."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks.clear()
+        self._buffered = 0
+        self.headers = []
+        self.status = 0
+        self.headers_done = self.complete = self.keep_alive = False
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def write(self, data: bytes, limit_s: float) -> None:
+        """Send ``data``; waits (bounded) only when the socket's buffer is full."""
+        if self.transport is None or self.transport.is_closing():
+            raise httpx.RemoteProtocolError("server disconnected before the request was sent")
+        self.transport.write(data)
+        drain = self._drain
+        if drain is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(drain), limit_s)
+            except TimeoutError:
+                self.close()
+                raise httpx.WriteTimeout(f"request not sent within {limit_s:g} s") from None
+
+    async def wait(self, limit_s: float) -> None:
+        """Wait (at most ``limit_s``) for the parser to make progress or the socket to end."""
+        if self.lost is not None:
+            raise self.lost
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiter = waiter
+        # One timer per wait, not asyncio.wait_for (a task and more callbacks per read).
+        timer = self._loop.call_later(limit_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if waiter.result() is _TIMEOUT:
+            self.close()
+            raise httpx.ReadTimeout(f"no data from the server within {limit_s:g} s")
+        if self.lost is not None and not self.complete:
+            raise self.lost
+
+    def take(self) -> bytes:
+        """The body bytes received so far (and resume reading if it was paused)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+
+_TIMEOUT = object()
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMEOUT)
+
+
+class Headers:
+    """Response headers (names lower-case), read-only; ``get`` as on a dict of str."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of ``name`` (case-insensitive), decoded as latin-1."""
+        key = name.lower().encode()
+        for k, v in self.raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+
+class Response:
+    """An upstream answer whose head arrived; read or iterate its body, then ``aclose``."""
+
+    def __init__(self, pool: ConnectionPool, conn: _Connection) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self.status_code = conn.status
+        self.headers = Headers(conn.headers)
+        self.content = b""
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (chunked encoding already undone)."""
+        conn = self._conn
+        if conn is None:
+            return
+        while True:
+            data = conn.take()
+            if data:
+                yield data
+            if conn.complete:
+                break
+            await conn.wait(self._pool.timeouts.read)
+        await self.aclose()
+
+    async def aread(self) -> bytes:
+        """The whole body (kept in :attr:`content`)."""
+        parts = [chunk async for chunk in self.aiter_bytes()]
+        self.content = b"".join(parts)
+        return self.content
+
+    def json(self) -> Any:
+        """The body read by :meth:`aread`, parsed as JSON (ValueError when it is not)."""
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        """The body read by :meth:`aread`, decoded as UTF-8 (errors replaced)."""
+        return self.content.decode(errors="replace")
+
+    async def aclose(self) -> None:
+        """Give the connection back (complete answer) or close it (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
+
+
+class ConnectionPool:
+    """Keep-alive connections to one ``http://host:port`` (at most ``max_connections``)."""
+
+    def __init__(self, base_url: str, timeouts: Timeouts, max_connections: int) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"the lean client speaks plain http only, not {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.timeouts = timeouts
+        self._authority = parts.netloc.encode()
+        self._max = max_connections
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        stream: bool = False,
+        read_timeout: float | None = None,
+    ) -> Response:
+        """Send one request; returns once the response head arrived (the whole body too
+        unless ``stream``). A streamed response must be closed with ``aclose``."""
+        conn = await self._acquire()
+        try:
+            await conn.write(self._head(method, path, body, headers) + body, self.timeouts.write)
+            wait_s = self.timeouts.read if read_timeout is None else read_timeout
+            while not conn.headers_done:
+                await conn.wait(wait_s)
+        except BaseException:
+            conn.close()
+            self.release(conn)
+            raise
+        response = Response(self, conn)
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+    def _head(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> bytes:
+        lines = [
+            f"{method} {self.prefix}{path} HTTP/1.1".encode(),
+            b"host: " + self._authority,
+            b"content-length: " + str(len(body)).encode(),
+        ]
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}".encode("latin-1"))
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def _acquire(self) -> _Connection:
+        if self._closed:
+            raise httpx.ConnectError("the client is closed")
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reset()
+                return conn
+            self._open -= 1
+        if self._open >= self._max:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.timeouts.pool)
+            except TimeoutError:
+                raise httpx.PoolTimeout(
+                    f"no free connection within {self.timeouts.pool:g} s"
+                ) from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            return await self._acquire()
+        self._open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._open -= 1
+            self._notify()
+            raise
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(loop), self.host, self.port),
+                self.timeouts.connect,
+            )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"no connection to {self.host}:{self.port} within {self.timeouts.connect:g} s"
+            ) from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        """Back to the pool if reusable, else closed; wakes a waiter either way."""
+        if conn.reusable and not self._closed:
+            self._idle.append(conn)
+        else:
+            conn.close()
+            self._open -= 1
+        self._notify()
+
+    def _notify(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        """Close every idle connection; busy ones close when released."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+            self._open -= 1
