@@ -38,12 +38,10 @@ import contextlib
 import json
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +55,16 @@ from coe_router.config import Settings  # noqa: E402
 from coe_router.gateway import create_app  # noqa: E402
 from coe_router.gateway.context import AppContext  # noqa: E402
 from coe_router.state import MemoryStore, StateStore, connect_redis  # noqa: E402
+from tests.support import (  # noqa: E402
+    LaunchError,
+    RedisServer,
+    in_process_client,
+    keyword_catalog,
+    log,
+    percentile,
+)
 
-CATALOG: dict[str, Any] = {
-    "experts": [
-        {"name": "general", "served_model_name": "general", "generalist": True,
-         "categories": ["general", "writing"], "replicas": ["http://general:8000"]},
-        {"name": "code", "served_model_name": "code", "categories": ["code"],
-         "replicas": ["http://code:8000"]},
-    ],
-    "virtual_models": [{"name": "coe", "router": "keyword", "cache_ttl_s": 300}],
-    "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
-}  # fmt: skip
+CATALOG = keyword_catalog(cache_ttl_s=300)
 ANSWER = {
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "code",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -75,26 +72,6 @@ ANSWER = {
     "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
 }  # fmt: skip
 ANSWER_BYTES = json.dumps(ANSWER).encode()
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr, so stdout holds only the table and the JSON line."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[k]
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -106,39 +83,6 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(s, 99) * 1000, 4),
         "mean_ms": round(sum(s) / len(s) * 1000, 4),
     }
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench/state.py needs redis-server (apt-get install redis-server)")
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="coe-bench-redis-"))
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def upstream() -> httpx.MockTransport:
@@ -172,12 +116,7 @@ async def gateway(
     app = create_app(
         Settings(catalog=cat, **extra), upstream_transport=upstream(), state_store=store
     )
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=10) as client,
-    ):
-        client.app = app  # type: ignore[attr-defined]
+    async with in_process_client(app, timeout=10) as client:
         yield client
 
 
@@ -309,13 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     args.n = args.n or (300 if args.quick else 3000)
     args.warmup = args.warmup if args.warmup is not None else (30 if args.quick else 300)
     args.n_ops = args.n_ops or (500 if args.quick else 5000)
-    version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    args.redis_version = next((v[2:] for v in version if v.startswith("v=")), "?")
-    with redis_server() as url:
-        log(f"redis at {url}; {args.n} requests per configuration in {args.blocks} blocks")
-        result = asyncio.run(run(args, url))
+    try:
+        args.redis_version = RedisServer.version()
+        with (
+            tempfile.TemporaryDirectory(prefix="coe-bench-redis-") as tmp,
+            RedisServer(Path(tmp)) as redis,
+        ):
+            log(f"redis at {redis.url}; {args.n} requests per config, {args.blocks} blocks")
+            result = asyncio.run(run(args, redis.url))
+    except LaunchError as exc:
+        sys.exit(f"bench/state.py: {exc}")
     print(table(result))
     if args.json:
         print(json.dumps(result, separators=(",", ":")))

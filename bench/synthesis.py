@@ -47,8 +47,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coe_router.aggregation.vote import normalize  # noqa: E402
+from tests.support import GatewayProcess, launch_gateway, log  # noqa: E402
 
 CACHE = ROOT / ".cache" / "router_data"
 
@@ -83,10 +82,6 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "general": {"model": "general"},
     "code": {"model": "code"},
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -154,65 +149,15 @@ def _questions_from_wheels(n: int, seed: int) -> list[Question]:
 # --- the gateway -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_gateway(tmp: Path, ready_timeout_s: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(tmp: Path, ready_timeout_s: float) -> GatewayProcess:
     """The gateway on ``deploy/local.yaml`` (experts on free ports), as ``make run`` starts it."""
     catalog = yaml.safe_load((ROOT / "deploy" / "local.yaml").read_text())
-    for expert in catalog["experts"]:
-        if "launch" in expert:
-            expert["launch"]["port"] = free_port()
-    path = tmp / "catalog.yaml"
-    path.write_text(yaml.safe_dump(catalog))
-    port = free_port()
-    env = {
-        **os.environ,
-        "COE_CATALOG": str(path),
-        "COE_LOCAL__MODELS_DIR": os.environ.get("COE_LOCAL__MODELS_DIR", str(ROOT / ".models")),
-        "COE_LOCAL__RUN_DIR": str(tmp / "run"),
-        # CPU experts under load are slow: nobody is left out for slowness here.
-        "COE_SYNTHESIS__EXPERT_TIMEOUT_S": "1800",
-        "COE_UPSTREAM__READ_TIMEOUT_S": "1800",
-    }
-    logfile = tmp / "gateway.log"
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "coe_router", "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout_s
     started = time.monotonic()
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{_tail(logfile)}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                log(f"gateway ready in {time.monotonic() - started:.0f} s at {url}")
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop(proc)
-    raise RuntimeError(f"gateway not ready after {ready_timeout_s:.0f} s:\n{_tail(logfile)}")
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    # CPU experts under load are slow: nobody is left out for slowness here.
+    env = {"COE_SYNTHESIS__EXPERT_TIMEOUT_S": "1800", "COE_UPSTREAM__READ_TIMEOUT_S": "1800"}
+    gw = launch_gateway(tmp, catalog, env=env, timeout_s=ready_timeout_s)
+    log(f"gateway ready in {time.monotonic() - started:.0f} s at {gw.url}")
+    return gw
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -365,14 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(questions)} questions: "
         f"{sum(q.source == 'gsm8k' for q in questions)} GSM8K, "
         f"{sum(q.source == 'mmlu' for q in questions)} MMLU")  # fmt: skip
-    proc = None
+    gateway = None
     tmp = Path(tempfile.mkdtemp(prefix="coe-synth-bench-"))
     try:
         if args.url:
             url = args.url.rstrip("/")
         else:
             log("starting the gateway and its vLLM CPU experts (minutes) ...")
-            proc, url = start_gateway(tmp, args.ready_timeout_s)
+            gateway = start_gateway(tmp, args.ready_timeout_s)
+            url = gateway.url
         models = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
         experts = [m["id"] for m in models if m.get("coe", {}).get("kind") == "expert"]
         routers = {m["id"]: m["coe"].get("router") for m in models
@@ -387,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"running {system} ...")
             rows.append(asyncio.run(run_system(url, system, questions, args)))
     finally:
-        if proc is not None:
-            stop(proc)
+        if gateway is not None:
+            gateway.stop()
     summaries = [r.summary() for r in rows]
     if args.dump:
         with args.dump.open("w") as out:

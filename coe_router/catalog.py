@@ -128,6 +128,9 @@ class VirtualModelSpec(_Strict):
     #: Cache exact repeats of a request for this many seconds (off when unset).
     cache_ttl_s: float | None = Field(default=None, gt=0)
     synthesis: SynthesisSpec | None = None
+    #: Cross-expert fallback for this model: how many other experts a request may move to
+    #: when its expert cannot answer (0: never); unset follows ``COE_UPSTREAM__FALLBACK_HOPS``.
+    fallback_hops: int | None = Field(default=None, ge=0)
 
 
 class Catalog(_Strict):

@@ -77,6 +77,15 @@ class UpstreamSettings(BaseModel):
     breaker_failures: int = Field(default=3, ge=1)
     #: Seconds an open breaker waits before it lets one trial request through.
     breaker_reset_s: float = Field(default=15.0, gt=0)
+    #: Largest single SSE event of an expert's stream; a longer one ends the stream with an
+    #: in-band 502 and closes the connection (an event is buffered until it is whole).
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Largest body of a non-streamed answer (decoded); a larger one is a 502.
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Cross-expert fallback: how many other experts a routed request may move to when its
+    #: expert has no live replica or fails before the first byte reached the client (0: off).
+    #: A virtual model's ``fallback_hops`` in the catalog overrides it.
+    fallback_hops: int = Field(default=1, ge=0)
 
 
 class AuthSettings(BaseModel):

@@ -14,7 +14,8 @@ status and renders the single OpenAI-style body
     │   ├── UpstreamStatusError           the expert's own 4xx, passed on as it came
     │   ├── UpstreamBadResponse           502 the expert sent something that is not OpenAI JSON
     │   ├── UpstreamUnavailable           503 no live replica: down, refused, breaker open
-    │   │   └── ExpertStarting            503 the replica's process is still loading
+    │   │   ├── ExpertStarting            503 the replica's process is still loading
+    │   │   └── UpstreamSaturated         503 our connection pool to the replica is full
     │   └── UpstreamTimeout               504 the expert did not answer in time
     ├── RateLimited                       429 rate_limit_error / rate_limit_exceeded (+ headers)
     ├── StateUnavailable                  503 state_unavailable: the shared state store failed
@@ -22,7 +23,9 @@ status and renders the single OpenAI-style body
     └── ModelPrepareError                 `coe-router models prepare` (modelprep/)
 
 httpx exceptions are translated exactly once, in :func:`map_httpx_exceptions`,
-where the expert client calls its replica; nothing above ``experts/`` sees httpx.
+where the expert client calls its replica; nothing above ``experts/`` sees httpx. Each
+:class:`UpstreamError` carries a :data:`Verdict` (what the failure says about the replica),
+from which the breaker, the retries and the cross-expert fallback decide.
 redis exceptions are translated exactly once too, inside ``coe_router/state/`` (the only
 package that imports redis), into :class:`StateUnavailable`.
 """
@@ -32,13 +35,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from coe_router.request_id import current_request_id
 
 log = logging.getLogger("coe_router.errors")
+#: What a failed upstream call says about the replica that had it:
+#:
+#: * ``down``: it cannot be reached (refused): out of rotation until a health check passes;
+#: * ``failed``: it answered badly or broke the connection (5xx, garbage): feeds its breaker;
+#: * ``slow``: it has the request and is working on it (read timeout after the request was
+#:   sent): no verdict, and a non-streamed request is not sent again (it would double the load);
+#: * ``busy``: it, or our connection pool to it, is saturated (429, pool timeout): no verdict;
+#: * ``fine``: it answered, about the request itself (a 4xx): a success for its breaker,
+#:   and nobody else is asked.
+Verdict = Literal["down", "failed", "slow", "busy", "fine"]
 
 
 class CoEError(Exception):
@@ -137,11 +150,28 @@ class UpstreamError(CoEError):
     default_code = "upstream_error"
     #: Short label for metrics (``coe_upstream_errors_total{kind}``).
     kind: str = "error"
+    #: The class's usual :data:`Verdict` on the replica.
+    default_verdict: Verdict = "failed"
 
-    def __init__(self, message: str, *, retryable: bool = True, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, verdict: Verdict | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        #: Whether another replica may succeed where this one failed.
-        self.retryable = retryable
+        self.verdict: Verdict = verdict or self.default_verdict
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another replica (or expert) may succeed where this one failed."""
+        return self.verdict != "fine"
+
+    @property
+    def replica_fault(self) -> bool:
+        """Whether the failure counts against the replica (feeds its circuit breaker)."""
+        return self.verdict in ("down", "failed")
+
+    def retry_elsewhere(self, *, streaming: bool) -> bool:
+        """Whether to send the request again, to another replica or expert (only ever
+        before anything reached the client). A non-streamed request a replica is already
+        generating is not sent twice; a stream's connection is closed, which aborts it."""
+        return self.retryable and (streaming or self.verdict != "slow")
 
 
 class UpstreamStatusError(UpstreamError):
@@ -160,7 +190,7 @@ class UpstreamStatusError(UpstreamError):
         message = str(err.get("message") or text or f"expert returned {status_code}")
         super().__init__(
             message,
-            retryable=False,
+            verdict="fine",
             status_code=status_code,
             param=err.get("param") if isinstance(err.get("param"), str) else None,
             code=str(err["code"]) if err.get("code") is not None else None,
@@ -183,6 +213,15 @@ class UpstreamUnavailable(UpstreamError):
     default_code = "expert_unavailable"
     client_text = "No replica of the expert can take the request right now."
     kind = "unavailable"
+
+
+class UpstreamSaturated(UpstreamUnavailable):
+    """Every connection of our pool to the replica is busy (``httpx.PoolTimeout``): the
+    gateway is the bottleneck, not the replica."""
+
+    default_code = "upstream_saturated"
+    kind = "saturated"
+    default_verdict = "busy"
 
 
 class ExpertStarting(UpstreamUnavailable):
@@ -241,14 +280,37 @@ class ConfigError(CoEError):
 def map_httpx_exceptions(what: str) -> Iterator[None]:
     """Translate httpx failures of a call to ``what`` (e.g. ``"expert 'code' at URL"``).
 
-    Connect failures are retryable on another replica; timeouts and broken reads
-    are too, because the caller only retries before anything reached the client.
+    Every httpx exception becomes an :class:`UpstreamError` with its :data:`Verdict`:
+
+    ======================================  =====================  =========
+    httpx                                   error (status)         verdict
+    ======================================  =====================  =========
+    ReadTimeout (the request was sent)      UpstreamTimeout 504    slow
+    PoolTimeout (our pool is full)          UpstreamSaturated 503  busy
+    ConnectTimeout, WriteTimeout            UpstreamTimeout 504    failed
+    ConnectError (refused, no route)        UpstreamUnavailable    down
+    RemoteProtocolError, ReadError, ...     UpstreamUnavailable    failed
+    DecodingError (bad gzip, bad charset)   UpstreamBadResponse    failed
+    StreamError, anything else from httpx   UpstreamError 502      failed
+    ======================================  =====================  =========
     """
     try:
         yield
+    except httpx.ReadTimeout as exc:
+        raise UpstreamTimeout(f"{what} timed out (ReadTimeout)", verdict="slow") from exc
+    except httpx.PoolTimeout as exc:
+        raise UpstreamSaturated(f"{what}: every connection is busy (PoolTimeout)") from exc
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(f"{what} timed out ({type(exc).__name__})") from exc
-    except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+    except httpx.ConnectError as exc:
+        raise UpstreamUnavailable(
+            f"{what} is unreachable: {exc or type(exc).__name__}", verdict="down"
+        ) from exc
+    except httpx.RemoteProtocolError as exc:
         raise UpstreamUnavailable(f"{what} is unreachable: {exc or type(exc).__name__}") from exc
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(f"{what} failed: {exc or type(exc).__name__}") from exc
+    except httpx.DecodingError as exc:
+        raise UpstreamBadResponse(f"{what} sent a body that does not decode: {exc}") from exc
+    except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL, httpx.CookieConflict) as exc:
+        raise UpstreamError(f"{what} failed: {type(exc).__name__}") from exc

@@ -89,6 +89,13 @@ class Metrics:
             ["expert", "kind"],
             registry=r,
         )
+        self.fallbacks = Counter(
+            "coe_fallbacks",
+            "Routed requests answered by another expert than the routed one (cross-expert "
+            "fallback), by reason.",
+            ["source", "target", "reason"],
+            registry=r,
+        )
         self.replica_up = Gauge(
             "coe_replica_up",
             "1 when the replica passes health checks, else 0 (replica: its index in the catalog).",

@@ -128,6 +128,14 @@ class RouteCandidate(OpenAIBaseModel):
     score: float
 
 
+class FallbackInfo(OpenAIBaseModel):
+    """Another expert answered than the routed one (cross-expert fallback)."""
+
+    from_: str = Field(alias="from")
+    #: ``no_live_replica``, or the kind of the routed expert's failure.
+    reason: str
+
+
 class CoEInfo(OpenAIBaseModel):
     """The ``coe`` extension object: why this expert answered."""
 
@@ -138,6 +146,7 @@ class CoEInfo(OpenAIBaseModel):
     virtual_model: str | None = None
     alternatives: list[RouteCandidate] = Field(default_factory=list)
     reason: str | None = None
+    fallback: FallbackInfo | None = None
 
 
 class RouteResponse(OpenAIBaseModel):
@@ -151,6 +160,8 @@ class RouteResponse(OpenAIBaseModel):
     strategy: str
     alternatives: list[RouteCandidate]
     reason: str | None = None
+    #: Set when the routed expert has no live replica and fallback would move the request.
+    fallback: FallbackInfo | None = None
     routing_ms: float
 
 

@@ -1,6 +1,8 @@
 """Server-sent events, independent of HTTP: framing, relaying an expert's stream, tapping it.
 
 * :func:`sse_event` / :data:`DONE`: ``data: {json}\n\n`` ... ``data: [DONE]\n\n``;
+* :class:`EventSplitter`: an SSE byte stream cut into whole events, in linear time, with
+  a cap on one event's size;
 * :func:`data_events`: the ``data:`` payloads of an SSE byte stream;
 * :class:`Relay`: whole upstream events passed on as they complete, errors sent in-band;
 * :class:`StreamTap`: a bounded copy for the response cache and the usage for token limits,
@@ -20,6 +22,10 @@ from coe_router.protocol import usage_tokens
 DONE = b"data: [DONE]\n\n"
 #: What ends an event: a blank line, in any of the three line-ending styles SSE allows.
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+#: The longest end minus one: how far back into old bytes an end may begin.
+_OVERLAP = max(len(end) for end in _EVENT_ENDS) - 1
+#: One event's size cap when the caller gives none (``COE_UPSTREAM__MAX_EVENT_BYTES``).
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -27,11 +33,50 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+class EventSplitter:
+    """Cuts an SSE byte stream into whole events as bytes arrive.
+
+    Each chunk is scanned once, plus the few bytes before it where an event end may
+    begin, so the work is linear in the stream's length however the expert splits it.
+    An unfinished event longer than ``max_event_bytes`` is an :class:`UpstreamBadResponse`
+    (502): the expert is not sending SSE, and buffering it would have no bound.
+    """
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._pending = bytearray()
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes of the event not finished yet."""
+        return bytes(self._pending)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The whole events ``chunk`` completes, blank lines included (b"" when none)."""
+        buf = self._pending
+        start = max(0, len(buf) - _OVERLAP)
+        buf += chunk
+        cut = max((i + len(end) for end in _EVENT_ENDS if (i := buf.rfind(end, start)) >= 0),
+                  default=0)  # fmt: skip
+        events = b""
+        if cut:
+            events = bytes(buf[:cut])
+            del buf[:cut]
+        if len(buf) > self._max:
+            buf.clear()
+            raise UpstreamBadResponse(
+                f"the expert sent an event larger than {self._max} bytes (or no event end)"
+            )
+        return events
+
+
 class Relay:
     """Pass upstream events through as each completes; end every stream with ``[DONE]``.
 
     An error after the stream started cannot change the status code any more, so it
-    is sent as an ``error`` event (OpenAI's shape), then ``[DONE]``. ``on_end`` is
+    is sent as an ``error`` event (OpenAI's shape), then ``[DONE]``; one upstream event
+    over the stream's ``max_event_bytes`` is such an error (502), and ends the upstream
+    connection. ``on_end`` is
     called exactly once with the outcome: ``"200"``, the error's status, or ``"499"``
     when the client left, also if iteration never began.
     """
@@ -48,6 +93,7 @@ class Relay:
         self._on_end = on_end
         self._outcome = "499"
         self._ended = False
+        self._hung_up = False
         self._events = self._relay()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -63,28 +109,31 @@ class Relay:
             return
         self._ended = True
         try:
-            await self._upstream.aclose()
+            await self._hang_up()
         finally:
             self._on_end(self._outcome)
+
+    async def _hang_up(self) -> None:
+        if not self._hung_up:
+            self._hung_up = True
+            await self._upstream.aclose()
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         # Only whole events are passed on. If the expert breaks off mid-event, its half is
         # dropped: a client parser would otherwise join it to our error event (or dispatch
         # it as an event of its own) and fail on invalid JSON.
-        pending = b""
+        splitter = EventSplitter(self._upstream.max_event_bytes)
         tail = b""
         try:
             async for chunk in self._upstream:
-                pending += chunk
-                cut = _complete_events(pending)
-                if not cut:
+                events = splitter.feed(chunk)
+                if not events:
                     continue
-                events, pending = pending[:cut], pending[cut:]
                 if not tail:
                     self._on_first_byte()
-                tail = (tail + events)[-32:]
+                tail = (tail + events[-32:])[-32:]
                 yield events
-            if pending.strip() == DONE.strip():  # [DONE] without its blank line: complete it
+            if splitter.pending.strip() == DONE.strip():  # [DONE] without its blank line
                 tail = DONE
                 yield DONE
             if DONE.strip() not in tail:
@@ -92,20 +141,23 @@ class Relay:
             self._outcome = "200"
         except UpstreamError as exc:
             self._outcome = str(exc.status_code)
+            # Hang up on the expert first: it may still be sending (an endless event).
+            await self._hang_up()
             yield sse_event(exc.to_body()) + DONE
         finally:
             await self._end()
 
 
-async def data_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """The ``data:`` payload of each whole event of an SSE byte stream, up to ``[DONE]``."""
-    pending = b""
+async def data_events(
+    chunks: AsyncIterable[bytes], max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> AsyncIterator[str]:
+    """The ``data:`` payload of each whole event of an SSE byte stream, up to ``[DONE]``
+    (an event over ``max_event_bytes`` raises :class:`UpstreamBadResponse`)."""
+    splitter = EventSplitter(max_event_bytes)
     async for chunk in chunks:
-        pending += chunk
-        cut = _complete_events(pending)
-        if not cut:
+        events = splitter.feed(chunk)
+        if not events:
             continue
-        events, pending = pending[:cut], pending[cut:]
         for event in events.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
             data = b"\n".join(
                 line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
@@ -115,11 +167,6 @@ async def data_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
             if data.strip() == b"[DONE]":
                 return
             yield data.decode("utf-8", "replace")
-
-
-def _complete_events(buffer: bytes) -> int:
-    """Length of the prefix of ``buffer`` made of whole events (0 when none ends yet)."""
-    return max((i + len(sep) for sep in _EVENT_ENDS if (i := buffer.rfind(sep)) >= 0), default=0)
 
 
 class StreamTap:

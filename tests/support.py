@@ -83,15 +83,19 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 60.0) -> None:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; nothing when it already exited."""
-    if proc is None or proc.poll() is not None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; then close our ends of its pipes."""
+    if proc is None:
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()  # else a ResourceWarning when the Popen is collected
 
 
 def wait_http(
@@ -335,6 +339,26 @@ class RedisServer:
 
 
 # --- in-process gateways ----------------------------------------------------------------------
+
+#: The replicas of :func:`keyword_catalog`: names for a fake upstream, never dialled.
+GENERAL = ["http://general-a:8000", "http://general-b:8000"]
+CODE = ["http://code-a:8000"]
+
+
+def keyword_catalog(**virtual_model: Any) -> dict[str, Any]:
+    """Two experts over fake replicas, a generalist with two replicas and a coder, and the
+    virtual model ``coe`` routed by keyword (``virtual_model`` adds to its entry, e.g.
+    ``cache_ttl_s=60``)."""
+    return {
+        "experts": [
+            {"name": "general", "served_model_name": "small-general", "generalist": True,
+             "categories": ["general", "writing"], "replicas": list(GENERAL), "memory_gb": 1},
+            {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
+             "cost": 3, "replicas": list(CODE)},
+        ],
+        "virtual_models": [{"name": "coe", "router": "keyword", **virtual_model}],
+        "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
+    }  # fmt: skip
 
 
 @contextlib.asynccontextmanager

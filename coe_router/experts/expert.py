@@ -3,7 +3,9 @@
 Balancing is least-outstanding-requests over replicas that are up and whose
 breaker is closed (ties go round-robin). A failure is retried on another replica
 only while nothing has reached the client: for a stream, until its first chunk
-has arrived from upstream.
+has arrived from upstream. What a failure does to the replica, and whether it is
+retried, follows its :data:`~coe_router.errors.Verdict`: a non-streamed request that
+timed out while the replica generated is not sent again (that would double the load).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from coe_router.errors import (
     UpstreamUnavailable,
     map_httpx_exceptions,
 )
-from coe_router.experts.replica import Replica, parse_completion, status_error
+from coe_router.experts.replica import Replica, parse_completion, read_capped, status_error
 from coe_router.metrics import Metrics
 
 T = TypeVar("T")
@@ -59,6 +61,8 @@ class UpstreamStream:
         self._on_close = on_close
         self._ok = False
         self._closed = False
+        #: The largest SSE event a reader of this stream should buffer.
+        self.max_event_bytes = replica.max_event_bytes
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self._first
@@ -111,19 +115,20 @@ class ExpertClient:
 
     @property
     def live(self) -> bool:
-        """At least one replica is up."""
-        return any(r.state == "up" for r in self.replicas)
+        """At least one replica is up and not shut out by an open breaker."""
+        return any(r.live for r in self.replicas)
 
     def pick(self, exclude: set[Replica]) -> Replica:
         """The available replica with the fewest requests in flight."""
         candidates = [r for r in self.replicas if r.available and r not in exclude]
         if not candidates:
-            raise self._unavailable()
+            raise self.unavailable()
         least = min(r.outstanding for r in candidates)
         tied = [r for r in candidates if r.outstanding == least]
         return tied[next(self._rr) % len(tied)]
 
-    def _unavailable(self) -> UpstreamUnavailable:
+    def unavailable(self) -> UpstreamUnavailable:
+        """The error for "no replica can take a request now", saying why."""
         starting = [r for r in self.replicas if r.state == "starting"]
         if starting:
             return ExpertStarting(
@@ -144,13 +149,18 @@ class ExpertClient:
             headers = {"content-type": "application/json"}
             span.inject(headers)
             tracing.set_expert_result(span, replica=replica.base_url)
+            request = replica.client.build_request("POST", _PATH, content=payload, headers=headers)
             with map_httpx_exceptions(what):
-                resp = await replica.client.post(_PATH, content=payload, headers=headers)
+                streamed = await replica.client.send(request, stream=True)
+                try:
+                    resp = await read_capped(streamed, replica.max_response_bytes, what)
+                finally:
+                    await streamed.aclose()
             tracing.set_expert_result(span, status=resp.status_code)
             return parse_completion(resp, what), replica
 
         with span:
-            result = await self._with_retries(call, release_on_success=True)
+            result = await self._with_retries(call, release_on_success=True, streaming=False)
             if span.recording:
                 _trace_completion(span, result[0])
         return result
@@ -173,8 +183,8 @@ class ExpertClient:
             try:
                 with map_httpx_exceptions(what):
                     if resp.status_code != 200:
-                        await resp.aread()
-                        raise status_error(resp, what)
+                        read = await read_capped(resp, replica.max_response_bytes, what)
+                        raise status_error(read, what)
                     if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                         raise UpstreamBadResponse(f"{what} did not answer with an event stream")
                     chunks = resp.aiter_bytes()
@@ -194,7 +204,7 @@ class ExpertClient:
             )  # fmt: skip
 
         try:
-            return await self._with_retries(call, release_on_success=False)
+            return await self._with_retries(call, release_on_success=False, streaming=True)
         except BaseException as exc:
             span.fail(exc)
             span.end()
@@ -220,7 +230,7 @@ class ExpertClient:
         return answer
 
     async def _with_retries(
-        self, call: Callable[[Replica], Awaitable[T]], *, release_on_success: bool
+        self, call: Callable[[Replica], Awaitable[T]], *, release_on_success: bool, streaming: bool
     ) -> T:
         tried: set[Replica] = set()
         last: UpstreamError | None = None
@@ -240,11 +250,9 @@ class ExpertClient:
             except UpstreamError as exc:
                 replica.outstanding -= 1
                 self._metrics.upstream_errors.labels(self.name, exc.kind).inc()
-                if not exc.retryable:
-                    # The replica answered (a 4xx about the request): it is healthy.
-                    replica.breaker.record_success()
+                replica.record(exc)
+                if not exc.retry_elsewhere(streaming=streaming):
                     raise
-                replica.record_failure(exc)
                 last = exc
                 continue
             except BaseException:

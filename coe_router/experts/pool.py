@@ -50,6 +50,8 @@ class ExpertPool:
         self._on_all_ready = on_all_ready
         self.processes: dict[str, LocalProcess] = {}
         self.experts: dict[str, ExpertClient] = {}
+        #: The catalog's generalist: the last stop of a cross-expert fallback.
+        self.generalist = catalog.generalist.name
         for spec in catalog.experts:
             process = None
             if spec.launch is not None and settings.local.launch:
@@ -126,18 +128,26 @@ class ExpertPool:
         """Every replica of every expert."""
         return [r for e in self.experts.values() for r in e.replicas]
 
+    def is_live(self, name: str) -> bool:
+        """Whether ``name`` can serve a request now: a replica is up and its breaker is not
+        open, or the expert sleeps on purpose and can be woken (unless its last wake failed
+        and it is still in its back-off). Unknown names are not live."""
+        e = self.experts.get(name)
+        if e is None:
+            return False
+        if self.scheduler is not None and name in self.scheduler.experts:
+            r = self.scheduler.experts[name]
+            if r.tier != Tier.HOT:
+                return time.monotonic() >= r.unhealthy_until
+        return e.live
+
     def readiness(self) -> dict[str, dict[str, Any]]:
-        """Per expert: live (or asleep but wakeable), required or not, tier, replica states."""
+        """Per expert: live (see :meth:`is_live`), required or not, tier, replica states."""
         out: dict[str, dict[str, Any]] = {}
         for name, e in self.experts.items():
-            entry: dict[str, Any] = {"live": e.live, "required": e.spec.required}
+            entry: dict[str, Any] = {"live": self.is_live(name), "required": e.spec.required}
             if self.scheduler is not None and name in self.scheduler.experts:
-                r = self.scheduler.experts[name]
-                entry["tier"] = r.tier.value
-                # An expert asleep on purpose is ready: the next request wakes it (unless its
-                # last wake failed and it is still in its back-off).
-                wakeable = time.monotonic() >= r.unhealthy_until
-                entry["live"] = (e.live and r.tier == Tier.HOT) or (r.tier != Tier.HOT and wakeable)
+                entry["tier"] = self.scheduler.experts[name].tier.value
             entry["replicas"] = [r.describe() for r in e.replicas]
             out[name] = entry
         return out

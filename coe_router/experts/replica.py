@@ -7,12 +7,7 @@ from typing import Any, Literal
 import httpx
 
 from coe_router.config import UpstreamSettings
-from coe_router.errors import (
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamStatusError,
-    UpstreamUnavailable,
-)
+from coe_router.errors import UpstreamBadResponse, UpstreamError, UpstreamStatusError
 from coe_router.experts.breaker import CircuitBreaker
 from coe_router.experts.process import LocalProcess
 
@@ -43,8 +38,15 @@ class Replica:
         self.detail = ""
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self._health_timeout = httpx.Timeout(settings.health_timeout_s)
+        #: Bodies of non-streamed answers above this many bytes are refused (502).
+        self.max_response_bytes = settings.max_response_bytes
+        #: One SSE event of a stream above this many bytes ends it (502 in-band).
+        self.max_event_bytes = settings.max_event_bytes
         self.client = httpx.AsyncClient(
             base_url=base_url,
+            # We relay bytes as they come; compression would only cost CPU on both ends
+            # (and a compressed body can expand without bound before any cap sees it).
+            headers={"accept-encoding": "identity"},
             timeout=httpx.Timeout(
                 connect=settings.connect_timeout_s,
                 read=settings.read_timeout_s,
@@ -60,8 +62,13 @@ class Replica:
 
     @property
     def available(self) -> bool:
-        """Up and not shut out by its breaker."""
+        """Up and not shut out by its breaker: may take a request right now."""
         return self.state == "up" and self.breaker.allows()
+
+    @property
+    def live(self) -> bool:
+        """Up and its breaker not open (a half-open breaker will let a trial through)."""
+        return self.state == "up" and self.breaker.state != "open"
 
     def describe(self) -> dict[str, Any]:
         """State for ``/ready`` and logs."""
@@ -75,12 +82,20 @@ class Replica:
             out["detail"] = self.detail
         return out
 
-    def record_failure(self, exc: UpstreamError) -> None:
-        """A request failed on this replica: feed the breaker; a refused connection means down."""
-        self.breaker.record_failure()
-        if isinstance(exc, UpstreamUnavailable):
-            self.state = "down"
-            self.detail = exc.message
+    def record(self, exc: UpstreamError) -> None:
+        """A request failed on this replica: act on the failure's verdict.
+
+        Only a replica's own failures feed its breaker; a slow generation or a full
+        connection pool says nothing about its health, and a 4xx proves it answers.
+        """
+        if exc.verdict == "fine":
+            self.breaker.record_success()
+        elif exc.replica_fault:
+            self.breaker.record_failure()
+            if exc.verdict == "down":
+                self.state, self.detail = "down", exc.message
+        else:
+            self.breaker.release()
 
     async def check_health(self) -> ReplicaState:
         """Poll ``GET /health`` once and update :attr:`state`."""
@@ -113,6 +128,25 @@ class Replica:
         await self.client.aclose()
 
 
+async def read_capped(resp: httpx.Response, limit: int, what: str) -> httpx.Response:
+    """The response with its body read, at most ``limit`` bytes of it (decoded), or a 502.
+
+    Call it inside :func:`~coe_router.errors.map_httpx_exceptions`: reading may fail.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamBadResponse(f"{what} sent a body larger than {limit} bytes")
+        parts.append(chunk)
+    # Already decoded: keep only the type, so the copy is not decoded again.
+    headers = {"content-type": resp.headers.get("content-type", "application/octet-stream")}
+    return httpx.Response(
+        resp.status_code, headers=headers, content=b"".join(parts), request=resp.request
+    )
+
+
 def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
     """Turn a non-streaming upstream response into its JSON body, or the right error."""
     if resp.status_code != 200:
@@ -137,5 +171,10 @@ def status_error(resp: httpx.Response, what: str) -> UpstreamError:
     message = f"{what} answered HTTP {resp.status_code}"
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         message += f": {body['error'].get('message', '')}"
-    # An overloaded replica (429/503) is alive: report 503 but do not mark it down.
-    return UpstreamError(message, status_code=503 if resp.status_code in (429, 503) else 502)
+    # An overloaded replica (429/503) is alive: report 503 but do not mark it down; a 429
+    # says it is busy, not broken (no verdict), every 5xx is a failure of the replica.
+    return UpstreamError(
+        message,
+        status_code=503 if resp.status_code in (429, 503) else 502,
+        verdict="busy" if resp.status_code == 429 else "failed",
+    )

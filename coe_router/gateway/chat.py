@@ -17,7 +17,14 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from coe_router import tracing
 from coe_router.aggregation.plan import plan_synthesis
-from coe_router.errors import UpstreamUnavailable
+from coe_router.experts.expert import ExpertClient, UpstreamStream
+from coe_router.experts.fallback import (
+    NO_LIVE_REPLICA,
+    Answered,
+    fallback_hops,
+    live_decision,
+    with_fallback,
+)
 from coe_router.gateway.auth import caller_id, require_api_key
 from coe_router.gateway.body import read_json, validate
 from coe_router.gateway.context import AppContext, app_context
@@ -27,7 +34,13 @@ from coe_router.gateway.responses import SSEResponse, replay
 from coe_router.gateway.synthesis import synthesis_response
 from coe_router.gateway.traced import traced
 from coe_router.lifecycle import CLIENT_CLOSED, ClientDisconnected, RequestLifecycle
-from coe_router.protocol import MAX_N, ChatCompletionRequest, RouteRequest, RouteResponse
+from coe_router.protocol import (
+    MAX_N,
+    ChatCompletionRequest,
+    FallbackInfo,
+    RouteRequest,
+    RouteResponse,
+)
 from coe_router.routing.base import RoutingDecision
 from coe_router.shared.ratelimit import limit_headers
 
@@ -97,29 +110,59 @@ async def _single(
     headers: dict[str, str],
 ) -> Response:
     """One expert answers: the client's body goes to it untouched, except the model name
-    (the expert's own) and our extension object."""
-    expert = ctx.pool.get(decision.expert)
-    if expert is None:  # a router named an expert the pool lacks: config drift, say so
-        raise UpstreamUnavailable(f"router chose unknown expert {decision.expert!r}")
+    (the expert's own) and our extension object. If the routed expert cannot answer before
+    the first byte, another may (:mod:`coe_router.experts.fallback`)."""
     forward = {k: v for k, v in body.items() if k != "coe"}
-    forward["model"] = expert.spec.served_model_name
-    routing = routing_headers(decision)
-    headers = {**routing, **headers}
-    lifecycle.begin(expert.name, decision.strategy)
+    hops = fallback_hops(ctx.catalog, ctx.settings.upstream, req.model)
+    lifecycle.begin(decision.expert, decision.strategy)
     with lifecycle.guard():
-        # The decision exists before generation starts: the wake begins right here.
-        await until_disconnect(request, lifecycle.occupy(expert.name))
+
+        def to(expert: ExpertClient) -> dict[str, Any]:
+            return {**forward, "model": expert.spec.served_model_name}
+
+        async def open_stream(expert: ExpertClient) -> UpstreamStream:
+            # The decision exists before generation starts: the wake begins right here.
+            await lifecycle.occupy(expert.name)
+            return await expert.stream(to(expert))
+
+        async def complete(expert: ExpertClient) -> dict[str, Any]:
+            await lifecycle.occupy(expert.name)
+            result, _replica = await expert.complete(to(expert))
+            return result
+
         if req.stream:
             hide_usage = _ask_for_usage(forward, lifecycle.counts_tokens)
-            upstream = await until_disconnect(request, expert.stream(forward))
+            streamed = await until_disconnect(request, with_fallback(
+                ctx.pool, decision, open_stream, hops=hops, streaming=True, metrics=ctx.metrics
+            ))  # fmt: skip
+            routing = _answered_by(streamed, lifecycle, headers)
             return SSEResponse(
-                lifecycle.relay(upstream, routing, hide_usage=hide_usage), headers=headers
+                lifecycle.relay(streamed.value, routing, hide_usage=hide_usage),
+                headers={**routing, **headers},
             )
-        result, _replica = await until_disconnect(request, expert.complete(forward))
-        result["coe"] = coe_info(decision, req.model).model_dump(exclude_none=True)
+        answered = await until_disconnect(request, with_fallback(
+            ctx.pool, decision, complete, hops=hops, streaming=False, metrics=ctx.metrics
+        ))  # fmt: skip
+        routing = _answered_by(answered, lifecycle, headers)
+        result = answered.value
+        info = coe_info(answered.decision, req.model)
+        if answered.fallback is not None:
+            info.fallback = FallbackInfo.model_validate(answered.fallback.info())
+        result["coe"] = info.model_dump(exclude_none=True, by_alias=True)
         payload = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
     lifecycle.completed(result, payload, routing)
-    return Response(payload, media_type="application/json", headers=headers)
+    return Response(payload, media_type="application/json", headers={**routing, **headers})
+
+
+def _answered_by(
+    answered: Answered[Any], lifecycle: RequestLifecycle, headers: dict[str, str]
+) -> dict[str, str]:
+    """The routing headers of who answered; after a fallback, ``x-coe-fallback`` too, and
+    the stand-in's answer is not cached as the routed expert's."""
+    if answered.fallback is not None:
+        headers["x-coe-fallback"] = answered.fallback.header
+        lifecycle.cache_plan = None
+    return routing_headers(answered.decision)
 
 
 def _ask_for_usage(forward: dict[str, Any], needed: bool) -> bool:
@@ -139,7 +182,12 @@ async def route(request: Request) -> RouteResponse:
     ctx = app_context(request)
     body = await read_json(request, ctx.settings.server.max_body_bytes)
     req = validate(RouteRequest, body)
-    decision, elapsed = await ctx.placement.decide(req.model, req.messages)
+    routed, elapsed = await ctx.placement.decide(req.model, req.messages)
+    hops = fallback_hops(ctx.catalog, ctx.settings.upstream, req.model)
+    decision = live_decision(routed, ctx.pool, hops)
+    fallback = None
+    if decision.expert != routed.expert:
+        fallback = FallbackInfo.model_validate({"from": routed.expert, "reason": NO_LIVE_REPLICA})
     return RouteResponse(
         model=req.model,
         expert=decision.expert,
@@ -148,5 +196,6 @@ async def route(request: Request) -> RouteResponse:
         strategy=decision.strategy,
         alternatives=candidates(decision),
         reason=decision.reason,
+        fallback=fallback,
         routing_ms=round(elapsed * 1000, 3),
     )

@@ -75,16 +75,29 @@ class SharedTierTable:
 
     async def _renew(self, device: str, token: int) -> None:
         # Wakes can outlast the TTL (a cold start takes minutes): renew at a third of it.
-        # A failed renewal ends renewing; the fenced writes then tell the truth.
+        # A renewal the store could not answer (a blip, the guard's back-off) is retried
+        # sooner, until the lease has really lapsed (a TTL since the last renewal was sent);
+        # one the store refuses means another gateway holds the lease now. Either way the
+        # fenced writes then tell the truth.
+        loop = asyncio.get_running_loop()
+        lapses = loop.time() + self._ttl
+        wait = self._ttl / 3
         while True:
-            await asyncio.sleep(self._ttl / 3)
-            ok = await self._guard.quietly(
-                "tier_renew",
-                lambda: self._store.renew(_lease(device), self.owner, token, self._ttl),
-                False,
-            )
+            await asyncio.sleep(wait)
+            sent = loop.time()
+            try:
+                ok = await self._guard.call(
+                    "tier_renew",
+                    lambda: self._store.renew(_lease(device), self.owner, token, self._ttl),
+                )
+            except StateUnavailable:
+                if loop.time() >= lapses:
+                    return
+                wait = min(self._ttl / 3, max(self._poll, (lapses - loop.time()) / 3))
+                continue
             if not ok:
                 return
+            lapses, wait = sent + self._ttl, self._ttl / 3
 
     async def publish(self, device: str, token: int, expert: str, entry: SharedTier) -> bool:
         """Fenced write of ``expert``'s entry."""

@@ -1,31 +1,19 @@
-"""Fault fixtures: the real gateway process (``python -m coe_router serve``) under uvicorn,
-in front of the canned upstream (``canned_upstream.py``), as a client would meet it."""
+"""Fault fixtures: the real gateway process (``python -m coe_router serve`` under uvicorn)
+in front of the canned upstream (client-side faults, :mod:`tests.faults.canned`) or of fake
+upstream processes that misbehave on purpose (:mod:`tests.faults.upstreams`)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support import (
-    HOST,
-    ROOT,
-    GatewayProcess,
-    LaunchError,
-    child_env,
-    launch_gateway,
-    stop_process,
-    tail,
-)
-
-#: An expert of a test catalog: (name, the served model name that picks the canned
-#: behaviour), and optionally its replica's URL (default: the canned upstream).
-Expert = tuple[str, str] | tuple[str, str, str]
-StartGateway = Callable[..., GatewayProcess]
+from tests.faults.canned import Launcher, StartGateway
+from tests.faults.upstreams import FakeUpstream, start_fake
+from tests.support import ROOT, LaunchError, child_env, stop_process, tail
 
 
 @pytest.fixture(scope="module")
@@ -49,46 +37,6 @@ def canned_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc, 5)
 
 
-def catalog(upstream: str, experts: Sequence[Expert]) -> dict[str, Any]:
-    """A catalog of ``experts`` on ``upstream``; the first is the generalist."""
-    return {
-        "experts": [
-            {"name": e[0], "served_model_name": e[1], "generalist": i == 0,
-             "categories": ["general"] if i == 0 else [e[0]],
-             "replicas": [e[2] if len(e) > 2 else upstream]}
-            for i, e in enumerate(experts)
-        ],
-        "virtual_models": [{"name": "coe", "router": "keyword"}],
-        "keywords": {e[0]: [e[0]] for e in experts[1:]},
-    }  # fmt: skip
-
-
-class Launcher:
-    """Starts gateways over the canned upstream in ``workdir``; stops them all at the end."""
-
-    def __init__(self, workdir: Path, upstream: str) -> None:
-        self.workdir, self.upstream = workdir, upstream
-        self.started: list[GatewayProcess] = []
-
-    def __call__(
-        self,
-        experts: Sequence[Expert] = (("general", "general"),),
-        env: Mapping[str, str] | None = None,
-    ) -> GatewayProcess:
-        """A gateway with ``experts`` and the ``COE_*`` settings in ``env``."""
-        gw = launch_gateway(
-            self.workdir / f"gateway-{len(self.started)}", catalog(self.upstream, experts),
-            env=dict(env or {}), args=["--no-launch"], ready_path="/health", timeout_s=60,
-            keep_coe_env=False,
-        )  # fmt: skip
-        self.started.append(gw)
-        return gw
-
-    def stop_all(self) -> None:
-        for gw in self.started:
-            gw.stop(10)
-
-
 @pytest.fixture
 def start_gateway(tmp_path: Path, canned_url: str) -> Iterator[StartGateway]:
     """Start a gateway for one test: ``start_gateway(experts, env={...})``."""
@@ -107,9 +55,19 @@ def module_gateway(
     launcher.stop_all()
 
 
-def log_of(gw: GatewayProcess) -> str:
-    """The gateway's whole log so far."""
-    return gw.log_path.read_text(errors="replace")
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], FakeUpstream]]:
+    """Start fake upstreams on demand; all are stopped when the module ends."""
+    started: list[FakeUpstream] = []
+    workdir = tmp_path_factory.mktemp("fakes")
+
+    def start() -> FakeUpstream:
+        fake = start_fake(workdir)
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        stop_process(fake.process, 5)
 
 
-__all__ = ["HOST", "Expert", "StartGateway", "catalog", "log_of"]

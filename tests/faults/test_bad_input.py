@@ -10,7 +10,7 @@ import socket
 import httpx
 import pytest
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.canned import StartGateway, log_of
 from tests.support import GatewayProcess
 
 CHAT = "/v1/chat/completions"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.canned import StartGateway, log_of
 from tests.support import GatewayProcess, free_port, launch_gateway
 
 ADMIN = {"authorization": "Bearer sk-admin-secret"}

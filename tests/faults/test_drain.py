@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.conftest import StartGateway, catalog, log_of
+from tests.faults.canned import StartGateway, catalog, log_of
 from tests.support import free_port, launch_gateway
 
 CHAT = "/v1/chat/completions"

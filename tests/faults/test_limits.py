@@ -10,7 +10,7 @@ import secrets
 
 import httpx
 
-from tests.faults.conftest import StartGateway
+from tests.faults.canned import StartGateway
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "coe", "messages": [{"role": "user", "content": "hi"}]}

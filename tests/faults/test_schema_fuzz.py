@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.canned import StartGateway, log_of
 from tests.support import child_env
 
 ADMIN_KEY = "sk-fuzz-admin"

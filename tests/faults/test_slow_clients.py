@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.canned import StartGateway, log_of
 from tests.support import GatewayProcess
 
 HEADER_S = 1.0

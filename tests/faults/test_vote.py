@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.faults.conftest import StartGateway, log_of
+from tests.faults.canned import StartGateway, log_of
 
 CHAT = "/v1/chat/completions"
 VOTE = {"model": "coe", "messages": [{"role": "user", "content": "hi"}],

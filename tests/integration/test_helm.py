@@ -33,6 +33,12 @@ CHART = ROOT / "deploy" / "helm" / "coe-router"
 RELEASE = "coe"
 NAMESPACE = "llm"
 ADMIN = ["--set", "auth.adminKey=test-admin-key"]
+#: The tiered pool, which needs exactly one gateway (no autoscaler).
+ONE_TIERED_GATEWAY = [
+    *("--set", "gateway.tiers.enabled=true"),
+    *("--set", "gateway.autoscaling.enabled=false"),
+    *("--set", "gateway.replicaCount=1"),
+]
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 #: Kubernetes versions the objects are validated against: the chart's kubeVersion floor
 #: (Chart.yaml) and the newest schemas kubernetes-validate ships.
@@ -325,14 +331,7 @@ def test_tiers_refuse_more_than_one_gateway() -> None:
     proc = render_raw(*ADMIN, "--set", "gateway.tiers.enabled=true")
     assert proc.returncode != 0, "tiers rendered with an autoscaled gateway"
     assert "exactly one gateway" in proc.stderr, proc.stderr
-    objs = render(
-        "--set",
-        "gateway.tiers.enabled=true",
-        "--set",
-        "gateway.autoscaling.enabled=false",
-        "--set",
-        "gateway.replicaCount=1",
-    )
+    objs = render(*ONE_TIERED_GATEWAY)
     gw = one(objs, "Deployment")
     env = env_of(container(gw, "gateway"))
     assert env["COE_TIERS__ENABLED"] == "true"
@@ -466,16 +465,7 @@ def test_gateway_deployment(default: list[dict[str, Any]]) -> None:
 
 
 def test_gateway_variables_are_settings() -> None:
-    objs = render(
-        "--set",
-        "gateway.tiers.enabled=true",
-        "--set",
-        "gateway.autoscaling.enabled=false",
-        "--set",
-        "gateway.replicaCount=1",
-        "--set",
-        "gateway.settings.COE_UPSTREAM__MAX_ATTEMPTS=2",
-    )
+    objs = render(*ONE_TIERED_GATEWAY, "--set", "gateway.settings.COE_UPSTREAM__MAX_ATTEMPTS=2")
     env = env_of(container(one(objs, "Deployment"), "gateway"))
     assert env["COE_UPSTREAM__MAX_ATTEMPTS"] == "2"
     unknown = [v for v in env if not is_setting(v)]

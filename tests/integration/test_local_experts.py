@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,13 @@ def client(gateway: GatewayProcess) -> openai.OpenAI:
 
 def ask(
     client: openai.OpenAI, content: str, model: str = "coe", **gen: Any
-) -> tuple[httpx.Headers, ChatCompletion]:
+) -> tuple[Mapping[str, str], ChatCompletion]:
     """One non-streamed chat request; the response's headers and its parsed completion."""
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": content}], **(gen or GEN)
     )
-    return raw.headers, raw.parse()
+    completion: ChatCompletion = raw.parse()
+    return raw.headers, completion
 
 
 def test_models_lists_virtual_model_and_experts(client: openai.OpenAI) -> None:
@@ -127,17 +128,27 @@ def test_killed_expert_gives_clean_503s_while_the_other_serves(doomed: GatewayPr
     deadline = time.monotonic() + 30
     while group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for model, content in (("code", "hi"), ("coe", "Write a Python function.")):
-        started = time.monotonic()
-        with pytest.raises(openai.APIStatusError) as info:
-            client.with_options(max_retries=0).chat.completions.create(
-                model=model, messages=[{"role": "user", "content": content}], max_tokens=8
-            )
-        assert info.value.status_code == 503
-        body = info.value.response.json()
-        assert body["error"]["code"] == "expert_unavailable"
-        assert set(body["error"]) == {"message", "type", "param", "code"}
-        assert time.monotonic() - started < 10, "a dead expert must fail fast, not hang"
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.with_options(max_retries=0).chat.completions.create(
+            model="code", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    assert info.value.status_code == 503
+    body = info.value.response.json()
+    assert body["error"]["code"] == "expert_unavailable"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert time.monotonic() - started < 10, "a dead expert must fail fast, not hang"
+
+    # Routed to the dead expert, a request falls back to the generalist (one hop).
+    started = time.monotonic()
+    raw = client.with_options(max_retries=0).chat.completions.with_raw_response.create(
+        model="coe",
+        messages=[{"role": "user", "content": "Write a Python function."}],
+        max_tokens=8,
+    )
+    assert raw.headers["x-coe-fallback"] == "code->general"
+    assert raw.parse().choices[0].message.content
+    assert time.monotonic() - started < 10
 
     ok = client.chat.completions.create(
         model="coe", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8

@@ -23,21 +23,10 @@ import yaml
 
 from coe_router.config import Settings
 from coe_router.gateway import create_app
-from coe_router.gateway.context import AppContext
 from router_training import replay
+from tests.conversation import chat, next_turn, routing, settle, state_of
 from tests.fakes import FakeVLLM
-from tests.integration.conftest import RedisServer
-
-CATALOG: dict[str, Any] = {
-    "experts": [
-        {"name": "general", "served_model_name": "small-general", "generalist": True,
-         "categories": ["general", "writing"], "replicas": ["http://general-a:8000"]},
-        {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
-         "replicas": ["http://code-a:8000"]},
-    ],
-    "virtual_models": [{"name": "coe", "router": "keyword", "cache_ttl_s": 60}],
-    "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
-}  # fmt: skip
+from tests.support import RedisServer, in_process_client, keyword_catalog
 
 Gateways = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -46,7 +35,7 @@ Gateways = Callable[..., Awaitable[httpx.AsyncClient]]
 async def gateways(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Gateways]:
     """Start gateway apps (``create_app`` + lifespan) on a Redis URL; all stop at the end."""
     catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(CATALOG))
+    catalog.write_text(yaml.safe_dump(keyword_catalog(cache_ttl_s=60)))
     prefix = f"t{uuid.uuid4().hex[:8]}:"  # this test's keys only, on the shared server
     async with AsyncExitStack() as stack:
 
@@ -54,11 +43,7 @@ async def gateways(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Gateways]:
             state = {"prefix": prefix, **overrides.pop("state", {})}
             settings = Settings(catalog=catalog, redis_url=url, state=state, **overrides)
             app = create_app(settings, upstream_transport=fake.transport())
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-            await stack.enter_async_context(client)
-            client.app = app  # type: ignore[attr-defined]
-            return client
+            return await stack.enter_async_context(in_process_client(app))
 
         yield start
 
@@ -66,22 +51,6 @@ async def gateways(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Gateways]:
 @pytest.fixture
 def fake() -> FakeVLLM:
     return FakeVLLM()
-
-
-def state_of(client: httpx.AsyncClient) -> AppContext:
-    state: AppContext = client.app.state.coe  # type: ignore[attr-defined]
-    return state
-
-
-async def settle(*clients: httpx.AsyncClient) -> None:
-    for client in clients:
-        await state_of(client).shared.background.drain()
-
-
-def chat(messages: list[dict[str, str]] | str, **extra: Any) -> dict[str, Any]:
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    return {"model": "coe", "messages": messages, **extra}
 
 
 def metric(text: str, line_start: str) -> float:
@@ -98,16 +67,12 @@ async def test_two_gateways_share_affinity_limits_and_cache(
     b = await gateways(redis_server.url, rate_limits={"requests_per_min": 4})
     first = [{"role": "user", "content": "hi there"}]
     resp = await a.post("/v1/chat/completions", json=chat(first))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "new")
+    assert routing(resp) == ("general", "new")
     await settle(a)
     # The next turn reaches the other gateway: it knows the conversation.
-    turn = [
-        *first,
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "python"},
-    ]
+    turn = next_turn(first, "hello", "python")
     resp = await b.post("/v1/chat/completions", json=chat(turn))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "sticky")
+    assert routing(resp) == ("general", "sticky")
     # The cache too: b answered it, a replays it.
     await settle(b)
     cached = await a.post("/v1/chat/completions", json=chat(turn))
@@ -169,7 +134,7 @@ async def test_requests_survive_redis_stopping_and_state_resumes(
         {"role": "user", "content": "and a poem"},
     ]
     again = await gw.post("/v1/chat/completions", json=chat(turn))
-    assert (again.headers["x-coe-expert"], again.headers["x-coe-affinity"]) == ("code", "sticky")
+    assert routing(again) == ("code", "sticky")
 
 
 async def test_a_hung_redis_costs_one_timeout_then_nothing(

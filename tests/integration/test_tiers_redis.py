@@ -21,7 +21,7 @@ import yaml
 from coe_router.config import Settings
 from coe_router.gateway import create_app
 from tests.fake_sleep import FakeGPU, FakeSleepFleet, SleepReplica
-from tests.integration.conftest import RedisServer
+from tests.support import RedisServer, in_process_client
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -52,11 +52,7 @@ async def test_two_gateways_share_the_tier_table_and_the_budget(
             settings = Settings(catalog=catalog, redis_url=redis_server.url,
                                 state={"prefix": prefix}, tiers=tiers)  # fmt: skip
             app = create_app(settings, upstream_transport=fleet.transport())
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
-            )
-            clients.append(await stack.enter_async_context(client))
+            clients.append(await stack.enter_async_context(in_process_client(app, timeout=60)))
 
         rng = random.Random(3)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +15,14 @@ from fastapi import FastAPI
 from coe_router.config import Settings, UpstreamSettings
 from coe_router.gateway import create_app
 from tests.fakes import FakeVLLM
+from tests.support import CODE, GENERAL, in_process_client, keyword_catalog
 
-GENERAL = ["http://general-a:8000", "http://general-b:8000"]
-CODE = ["http://code-a:8000"]
+__all__ = ["CODE", "GENERAL", "app_of", "catalog_dict", "openai_error"]
 
 
 def catalog_dict() -> dict[str, Any]:
     """Two experts over fake replicas: a generalist with two replicas and a coder."""
-    return {
-        "experts": [
-            {"name": "general", "served_model_name": "small-general", "generalist": True,
-             "categories": ["general", "writing"], "replicas": GENERAL, "memory_gb": 1},
-            {"name": "code", "served_model_name": "small-coder", "categories": ["code"],
-             "cost": 3, "replicas": CODE},
-        ],
-        "virtual_models": [{"name": "coe", "router": "keyword"}],
-        "keywords": {"code": ["python", "function", "bug"], "writing": ["poem", "essay"]},
-    }  # fmt: skip
+    return keyword_catalog()
 
 
 @pytest.fixture
@@ -54,23 +46,13 @@ async def make_client(
     fake: FakeVLLM, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Callable[..., Any]]:
     """Build an app (with optional settings overrides) and an httpx client bound to it."""
-    stacks: list[Any] = []
+    async with AsyncExitStack() as stack:
 
-    async def build(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(make_settings(**overrides), upstream_transport=fake.transport())
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway"
-        )
-        client.app = app  # type: ignore[attr-defined]
-        stacks.append((ctx, client))
-        return client
+        async def build(**overrides: Any) -> httpx.AsyncClient:
+            app = create_app(make_settings(**overrides), upstream_transport=fake.transport())
+            return await stack.enter_async_context(in_process_client(app))
 
-    yield build
-    for ctx, client in reversed(stacks):
-        await client.aclose()
-        await ctx.__aexit__(None, None, None)
+        yield build
 
 
 @pytest.fixture

@@ -29,6 +29,26 @@ def breaker(clock: Clock, threshold: int = 3, reset_s: float = 10.0) -> CircuitB
     return CircuitBreaker(threshold, reset_s, clock=clock)
 
 
+def tripped(clock: Clock, threshold: int = 1, reset_s: float = 10.0) -> CircuitBreaker:
+    """A breaker just opened by ``threshold`` consecutive failures."""
+    b = breaker(clock, threshold, reset_s)
+    for _ in range(threshold):
+        b.record_failure()
+    assert b.state == "open"
+    return b
+
+
+def turns_half_open_after(b: CircuitBreaker, clock: Clock, seconds: float) -> None:
+    """``b`` stays open, refusing everything, until ``seconds`` have passed; then half-open."""
+    clock.advance(seconds - 0.001)
+    assert b.state == "open"
+    assert not b.allows()
+    assert not b.acquire()
+    clock.advance(0.001)
+    assert b.state == "half_open"
+    assert b.allows()
+
+
 def test_starts_closed_and_lets_everything_through(clock: Clock) -> None:
     b = breaker(clock)
     assert b.state == "closed"
@@ -53,6 +73,7 @@ def test_threshold_of_one_opens_on_the_first_failure(clock: Clock) -> None:
     b = breaker(clock, threshold=1)
     b.record_failure()
     assert b.state == "open"
+    assert not b.allows()
 
 
 def test_a_success_resets_the_failure_count(clock: Clock) -> None:
@@ -68,19 +89,12 @@ def test_a_success_resets_the_failure_count(clock: Clock) -> None:
 
 
 def test_stays_open_until_reset_time_then_turns_half_open(clock: Clock) -> None:
-    b = breaker(clock, threshold=1, reset_s=10)
-    b.record_failure()
-    clock.advance(9.999)
-    assert b.state == "open"
-    assert not b.allows()
-    clock.advance(0.001)
-    assert b.state == "half_open"
-    assert b.allows()
+    b = tripped(clock, threshold=1, reset_s=10)
+    turns_half_open_after(b, clock, 10)
 
 
 def test_half_open_admits_exactly_one_trial(clock: Clock) -> None:
-    b = breaker(clock, threshold=1, reset_s=10)
-    b.record_failure()
+    b = tripped(clock, threshold=1, reset_s=10)
     clock.advance(10)
     assert b.acquire()
     assert b.state == "half_open"
@@ -91,9 +105,7 @@ def test_half_open_admits_exactly_one_trial(clock: Clock) -> None:
 
 
 def test_successful_trial_closes_the_breaker(clock: Clock) -> None:
-    b = breaker(clock, threshold=2, reset_s=10)
-    b.record_failure()
-    b.record_failure()
+    b = tripped(clock, threshold=2, reset_s=10)
     clock.advance(10)
     assert b.acquire()
     b.record_success()
@@ -106,24 +118,16 @@ def test_successful_trial_closes_the_breaker(clock: Clock) -> None:
 
 
 def test_failed_trial_reopens_for_a_full_reset_period(clock: Clock) -> None:
-    b = breaker(clock, threshold=3, reset_s=10)
-    for _ in range(3):
-        b.record_failure()
+    b = tripped(clock, threshold=3, reset_s=10)
     clock.advance(15)
     assert b.acquire()
     b.record_failure()  # one failure is enough once open, whatever the threshold
-    assert b.state == "open"
-    clock.advance(9.9)
-    assert b.state == "open"
-    assert not b.acquire()
-    clock.advance(0.1)
-    assert b.state == "half_open"
+    turns_half_open_after(b, clock, 10)
     assert b.acquire()
 
 
 def test_released_trial_frees_the_slot_without_a_verdict(clock: Clock) -> None:
-    b = breaker(clock, threshold=1, reset_s=10)
-    b.record_failure()
+    b = tripped(clock, threshold=1, reset_s=10)
     clock.advance(10)
     assert b.acquire()
     b.release()  # e.g. the client went away
@@ -143,8 +147,7 @@ def test_release_on_a_closed_breaker_changes_nothing(clock: Clock) -> None:
 
 def test_success_while_open_closes_it(clock: Clock) -> None:
     # A health round that finds the replica back up resets its breaker early.
-    b = breaker(clock, threshold=1, reset_s=10)
-    b.record_failure()
+    b = tripped(clock, threshold=1, reset_s=10)
     assert b.state == "open"
     b.record_success()
     assert b.state == "closed"

@@ -95,90 +95,61 @@ def test_shipped_catalog_is_valid() -> None:
     catalog = load_catalog(Path(__file__).parents[2] / "deploy" / "local.yaml")
     assert catalog.generalist.name == "general"
     assert {v.name: v.router for v in catalog.virtual_models} == {
-        "coe": "category", "coe-keyword": "keyword"
+        "coe": "category",
+        "coe-keyword": "keyword",
     }
 
 
 # --- field errors name the field ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("change", "where", "what"),
-    [
-        pytest.param(
-            lambda d: d["experts"][1].update(cost=0), "experts[1].cost", "greater than 0", id="cost"
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(cost="cheap"),
-            "experts[1].cost",
-            "number",
-            id="cost-str",
-        ),
-        pytest.param(
-            lambda d: d["experts"][0].update(memory_gb=-1),
-            "experts[0].memory_gb",
-            "greater than or equal to 0",
-            id="memory",
-        ),
-        pytest.param(
-            lambda d: d["experts"][0].pop("served_model_name"),
-            "experts[0].served_model_name",
-            "required",
-            id="missing-field",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(gpus=2), "experts[1].gpus", "Extra inputs", id="typo"
-        ),
-        pytest.param(
-            lambda d: d["experts"][0].update(name="has space"),
-            "experts[0].name",
-            "pattern",
-            id="bad-name",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(replicas=["ftp://code-a"]),
-            "experts[1].replicas",
-            "'ftp://code-a' is not an http(s) URL",
-            id="bad-url",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(replicas=["code-a:8000"]),
-            "experts[1].replicas",
-            "not an http(s) URL",
-            id="url-without-scheme",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(replicas=[], launch=None),
-            "experts[1]",
-            "exactly one of 'replicas'",
-            id="neither",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(launch={"model": "m", "port": 9000}),
-            "experts[1]",
-            "exactly one of 'replicas'",
-            id="both",
-        ),
-        pytest.param(
-            lambda d: d["experts"][1].update(replicas=[], launch={"model": "m", "port": 0}),
-            "experts[1].launch.port",
-            "greater than or equal to 1",
-            id="launch-port",
-        ),
-        pytest.param(
-            lambda d: d["virtual_models"][0].update(name="co e"),
-            "virtual_models[0].name",
-            "pattern",
-            id="virtual-name",
-        ),
-        pytest.param(
-            lambda d: d["keywords"].update(code="python"), "keywords.code", "list", id="keywords"
-        ),
-        pytest.param(lambda d: d.update(experts=[]), "experts", "at least 1", id="no-experts"),
-        pytest.param(lambda d: d.pop("experts"), "experts", "required", id="experts-missing"),
-        pytest.param(lambda d: d.update(extra=1), "extra", "Extra inputs", id="top-level-typo"),
-    ],
-)
+def at(data: dict[str, Any], where: str) -> Any:
+    """The part of ``data`` that ``where`` names: ``"experts[1]"``, ``"keywords"``, ``""``."""
+    for name, index in re.findall(r"(\w+)(?:\[(\d+)\])?", where):
+        data = data[name] if not index else data[name][int(index)]
+    return data
+
+
+def update(where: str, **fields: Any) -> Callable[[dict[str, Any]], None]:
+    """A change that sets ``fields`` on the mapping at ``where``."""
+    return lambda d: at(d, where).update(fields)
+
+
+def drop(where: str, key: str) -> Callable[[dict[str, Any]], None]:
+    """A change that removes ``key`` from the mapping at ``where``."""
+    return lambda d: at(d, where).pop(key)
+
+
+LAUNCH = {"model": "m", "port": 9000}
+
+# (change, the field the message names, what it says about it)
+FIELD_ERRORS = {
+    "cost": (update("experts[1]", cost=0), "experts[1].cost", "greater than 0"),
+    "cost-str": (update("experts[1]", cost="cheap"), "experts[1].cost", "number"),
+    "memory": (update("experts[0]", memory_gb=-1),
+               "experts[0].memory_gb", "greater than or equal to 0"),
+    "missing-field": (drop("experts[0]", "served_model_name"),
+                      "experts[0].served_model_name", "required"),
+    "typo": (update("experts[1]", gpus=2), "experts[1].gpus", "Extra inputs"),
+    "bad-name": (update("experts[0]", name="has space"), "experts[0].name", "pattern"),
+    "bad-url": (update("experts[1]", replicas=["ftp://code-a"]),
+                "experts[1].replicas", "'ftp://code-a' is not an http(s) URL"),
+    "url-without-scheme": (update("experts[1]", replicas=["code-a:8000"]),
+                           "experts[1].replicas", "not an http(s) URL"),
+    "neither": (update("experts[1]", replicas=[], launch=None),
+                "experts[1]", "exactly one of 'replicas'"),
+    "both": (update("experts[1]", launch=LAUNCH), "experts[1]", "exactly one of 'replicas'"),
+    "launch-port": (update("experts[1]", replicas=[], launch={**LAUNCH, "port": 0}),
+                    "experts[1].launch.port", "greater than or equal to 1"),
+    "virtual-name": (update("virtual_models[0]", name="co e"), "virtual_models[0].name", "pattern"),
+    "keywords": (update("keywords", code="python"), "keywords.code", "list"),
+    "no-experts": (update("", experts=[]), "experts", "at least 1"),
+    "experts-missing": (drop("", "experts"), "experts", "required"),
+    "top-level-typo": (update("", extra=1), "extra", "Extra inputs"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "where", "what"), FIELD_ERRORS.values(), ids=FIELD_ERRORS)
 def test_field_errors_name_the_file_and_the_field(
     tmp_path: Path, change: Callable[[dict[str, Any]], None], where: str, what: str
 ) -> None:

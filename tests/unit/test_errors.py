@@ -26,6 +26,7 @@ from coe_router.errors import (
     PermissionDenied,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamSaturated,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -46,25 +47,33 @@ def chat(**fields: Any) -> dict[str, Any]:
 # --- bodies that are not a JSON object ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("raw", "hint"),
-    [
-        pytest.param(b'{"model": "coe", "messages": [', "not valid JSON", id="truncated"),
-        pytest.param(b"{'model': 'coe'}", "not valid JSON", id="single-quotes"),
-        pytest.param(b"[1, 2, 3]", "must be a JSON object, not list", id="array"),
-        pytest.param(b'"just a string"', "must be a JSON object, not str", id="string"),
-        pytest.param(b"null", "must be a JSON object, not NoneType", id="null"),
-        pytest.param(b"42", "must be a JSON object, not int", id="number"),
-        pytest.param(b"", "empty", id="empty"),
-        pytest.param(b"  \n\t ", "empty", id="whitespace"),
-        pytest.param(b'{"model": "coe", "x": NaN}', "NaN", id="NaN"),
-        pytest.param(b'{"model": "coe", "x": Infinity}', "Infinity", id="Infinity"),
-        pytest.param(b'{"model": "coe", "x": -Infinity}', "-Infinity", id="-Infinity"),
-        pytest.param(b'{"model": "coe", "temperature": 1e400}', "out of range", id="overflow"),
-        pytest.param(b'{"model": "\xff\xfe"}', "not valid JSON", id="not-utf8"),
-        pytest.param(b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deeply", id="deep"),
-    ],
-)
+def cases(hint: str, **bodies: bytes) -> list[Any]:
+    """One case per body (its id the keyword), all expecting ``hint`` in the message."""
+    return [pytest.param(body, hint, id=name) for name, body in bodies.items()]
+
+
+NOT_AN_OBJECT = [
+    *cases(
+        "not valid JSON",
+        truncated=b'{"model": "coe", "messages": [',
+        single_quotes=b"{'model': 'coe'}",
+        not_utf8=b'{"model": "\xff\xfe"}',
+    ),
+    # Valid JSON of another type: the message names the type the client sent.
+    *cases("must be a JSON object, not list", array=b"[1, 2, 3]"),
+    *cases("must be a JSON object, not str", string=b'"just a string"'),
+    *cases("must be a JSON object, not NoneType", null=b"null"),
+    *cases("must be a JSON object, not int", number=b"42"),
+    *cases("empty", empty=b"", whitespace=b"  \n\t "),
+    # Python's json reads these, JSON does not have them.
+    *(pytest.param(b'{"model": "coe", "x": %s}' % w.encode(), w, id=w)
+      for w in ("NaN", "Infinity", "-Infinity")),
+    *cases("out of range", overflow=b'{"model": "coe", "temperature": 1e400}'),
+    *cases("deeply", deep=b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "hint"), NOT_AN_OBJECT)
 async def test_body_that_is_not_a_json_object_is_a_400(
     client: httpx.AsyncClient, fake: FakeVLLM, raw: bytes, hint: str
 ) -> None:
@@ -429,7 +438,10 @@ def test_upstream_status_error_survives_odd_bodies(body: dict[str, Any], message
         (httpx.ReadError("reset"), UpstreamUnavailable, 503),
         (httpx.ConnectTimeout("slow"), UpstreamTimeout, 504),
         (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
-        (httpx.PoolTimeout("busy"), UpstreamTimeout, 504),
+        (httpx.PoolTimeout("busy"), UpstreamSaturated, 503),
+        (httpx.DecodingError("bad gzip"), UpstreamBadResponse, 502),
+        (httpx.StreamClosed(), UpstreamError, 502),
+        (httpx.TooManyRedirects("loop"), UpstreamError, 502),
     ],
 )
 def test_httpx_failures_become_retryable_upstream_errors(
@@ -442,6 +454,30 @@ def test_httpx_failures_become_retryable_upstream_errors(
     assert info.value.retryable
     assert "expert 'code' at http://x" in info.value.message
     assert info.value.__cause__ is raised
+
+
+@pytest.mark.parametrize(
+    ("raised", "verdict", "resend_non_streamed"),
+    [
+        (httpx.ConnectError("refused"), "down", True),
+        (httpx.ConnectTimeout("slow"), "failed", True),
+        (httpx.RemoteProtocolError("peer closed"), "failed", True),
+        (httpx.DecodingError("bad gzip"), "failed", True),
+        # The replica has the request and is generating: not its fault, not sent twice.
+        (httpx.ReadTimeout("slow"), "slow", False),
+        # Our own pool is full: not the replica's fault; another replica has its own pool.
+        (httpx.PoolTimeout("busy"), "busy", True),
+    ],
+)
+def test_httpx_failures_are_classified(
+    raised: Exception, verdict: str, resend_non_streamed: bool
+) -> None:
+    with pytest.raises(UpstreamError) as info, map_httpx_exceptions("x"):
+        raise raised
+    assert info.value.verdict == verdict
+    assert info.value.replica_fault is (verdict in ("down", "failed"))
+    assert info.value.retry_elsewhere(streaming=False) is resend_non_streamed
+    assert info.value.retry_elsewhere(streaming=True)
 
 
 def test_non_httpx_errors_pass_through_untranslated() -> None:

@@ -157,7 +157,12 @@ async def test_scheduler_score_victim() -> None:
     assert await _third_wakes(ScorePolicy(), uses) == "b"
 
 
-async def test_a_pinned_expert_is_never_the_victim() -> None:
+@pytest.mark.parametrize(
+    ("unpin", "stays", "goes"), [(False, "a", "b"), (True, "b", "a")], ids=["pinned", "unpinned"]
+)
+async def test_a_pinned_expert_is_never_the_victim_until_unpinned(
+    unpin: bool, stays: str, goes: str
+) -> None:
     clock = Clock()
     sched, _, _ = build({"a": 8, "b": 8, "c": 8}, 16, pinned=["a"], clock=clock)
     await sched.start()
@@ -167,11 +172,13 @@ async def test_a_pinned_expert_is_never_the_victim() -> None:
     clock.now += 1
     async with sched.hold("b"):  # "a" is now the least recently used
         pass
+    if unpin:  # evictable by policy again
+        sched.pin("a", False)
     clock.now += 1
     async with sched.hold("c"):
         pass
-    assert sched.experts["a"].tier == Tier.HOT
-    assert sched.experts["b"].tier == Tier.WARM
+    assert sched.experts[stays].tier == Tier.HOT
+    assert sched.experts[goes].tier == Tier.WARM
 
 
 async def test_under_pressure_requests_wait_rather_than_evict_a_pinned_expert() -> None:
@@ -233,24 +240,6 @@ async def test_fifo_requests_for_a_pinned_expert_are_not_blocked_by_an_impossibl
     sched.release("p")
     x.cancel()
     await asyncio.gather(x, return_exceptions=True)
-
-
-async def test_unpinning_makes_it_evictable_by_policy() -> None:
-    clock = Clock()
-    sched, _, _ = build({"a": 8, "b": 8, "c": 8}, 16, pinned=["a"], clock=clock)
-    await sched.start()
-    for name in ("a", "b"):
-        clock.now += 1
-        await sched.wake(name)
-    clock.now += 1
-    async with sched.hold("b"):
-        pass
-    sched.pin("a", False)
-    clock.now += 1
-    async with sched.hold("c"):
-        pass
-    assert sched.experts["a"].tier == Tier.WARM
-    assert sched.experts["b"].tier == Tier.HOT
 
 
 def test_policies_plug_into_the_scheduler_by_name() -> None:

@@ -30,15 +30,21 @@ async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float |
     return None
 
 
+async def get_json(client: httpx.AsyncClient, path: str, status: int = 200) -> dict[str, Any]:
+    """``GET path``: it must answer ``status``; its JSON body."""
+    resp = await client.get(path)
+    assert resp.status_code == status, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
 # --- /v1/models --------------------------------------------------------------------------------
 
 
 async def test_models_lists_the_virtual_model_then_every_expert(
     client: httpx.AsyncClient,
 ) -> None:
-    resp = await client.get("/v1/models")
-    assert resp.status_code == 200
-    body = resp.json()
+    body = await get_json(client, "/v1/models", 200)
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["coe", "general", "code"]
     for card in body["data"]:
@@ -208,16 +214,17 @@ async def test_metrics_time_to_first_token_after_a_stream(client: httpx.AsyncCli
 async def test_metrics_count_upstream_failures_by_kind(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
+    # Named directly: a routed request would fall back to the generalist.
     fake.of(CODE[0]).mode = "down"
-    assert (await client.post(CHAT, json=chat("python bug"))).status_code == 503
+    assert (await client.post(CHAT, json=chat("python bug", model="code"))).status_code == 503
     fake.of(CODE[0]).mode = "garbage"
     await app_of(client).state.coe.pool.check_all()  # back up, but sends garbage
-    assert (await client.post(CHAT, json=chat("python bug"))).status_code == 502
+    assert (await client.post(CHAT, json=chat("python bug", model="code"))).status_code == 502
     errors = "coe_upstream_errors_total"
     assert await metric(client, errors, expert="code", kind="unavailable") == 1
     assert await metric(client, errors, expert="code", kind="bad_response") == 1
     for status in ("503", "502"):
-        labels = {"model": "coe", "expert": "code", "status": status}
+        labels = {"model": "code", "expert": "code", "status": status}
         assert await metric(client, "coe_requests_total", **labels) == 1
     assert await metric(client, "coe_in_flight_requests", expert="code") == 0
 
@@ -289,10 +296,13 @@ async def test_route_with_an_expert_name_is_direct(
     assert fake.received == []
 
 
-async def test_route_works_while_the_expert_is_down(
+async def test_route_skips_an_expert_that_is_down(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     fake.of(CODE[0]).mode = "down"
     await app_of(client).state.coe.pool.check_all()
     body = (await client.post("/v1/route", json=chat("python"))).json()
-    assert body["expert"] == "code"
+    # The dry run says where the request would go: the generalist stands in.
+    assert body["expert"] == "general"
+    assert body["fallback"] == {"from": "code", "reason": "no_live_replica"}
+    assert body["category"] == "code"

@@ -50,29 +50,27 @@ def last_json(out: str) -> dict[str, Any]:
     return parsed
 
 
+def fit(files: dict[str, Path]) -> Path:
+    """``fit`` on the training file into ``DIR/art``; the artifact's directory."""
+    art = files["dir"] / "art"
+    assert cli.main(["fit", str(files["train"]), "-o", str(art)]) == 0
+    return art
+
+
+def with_router(command: str, data: Path, files: dict[str, Path], *extra: str) -> int:
+    """``COMMAND DATA --router DIR/art --catalog CATALOG EXTRA...``; its exit code."""
+    router = ["--router", str(files["dir"] / "art"), "--catalog", str(files["catalog"])]
+    return cli.main([command, str(data), *router, *extra])
+
+
 def test_fit_then_evaluate_json(
     files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    art = files["dir"] / "art"
-    assert cli.main(["fit", str(files["train"]), "-o", str(art)]) == 0
-    manifest = RouterArtifact.load(art).manifest
+    manifest = RouterArtifact.load(fit(files)).manifest
     assert manifest["labels"] == ["code", "general", "math", "writing"]
     capsys.readouterr()
-    code = cli.main(
-        [
-            "evaluate",
-            str(files["test"]),
-            "--router",
-            str(art),
-            "--catalog",
-            str(files["catalog"]),
-            "--json",
-            "--quiet",
-            "--out",
-            str(files["dir"] / "ev"),
-        ]
-    )
-    assert code == 0
+    out = ["--out", str(files["dir"] / "ev")]
+    assert with_router("evaluate", files["test"], files, "--json", "--quiet", *out) == 0
     report = last_json(capsys.readouterr().out)
     assert report["n"] == 32
     assert report["accuracy"] > 0.8
@@ -109,20 +107,9 @@ def test_quality_cost_table_with_per_example_scores(
             for e in ("general", "coder", "mathy", "writer")
         }
     write_jsonl(files["dir"] / "scored.jsonl", rows)
-    cli.main(["fit", str(files["train"]), "-o", str(files["dir"] / "art")])
+    fit(files)
     capsys.readouterr()
-    cli.main(
-        [
-            "evaluate",
-            str(files["dir"] / "scored.jsonl"),
-            "--router",
-            str(files["dir"] / "art"),
-            "--catalog",
-            str(files["catalog"]),
-            "--json",
-            "--quiet",
-        ]
-    )
+    assert with_router("evaluate", files["dir"] / "scored.jsonl", files, "--json", "--quiet") == 0
     table = {r["system"]: r for r in last_json(capsys.readouterr().out)["quality_vs_cost"]}
     assert table["oracle"]["quality"] == 1.0
     assert table["routed"]["quality"] > table["general"]["quality"] == 0.25
@@ -131,25 +118,10 @@ def test_quality_cost_table_with_per_example_scores(
 def test_calibrate_writes_offsets_that_hit_shares(
     files: dict[str, Path], fake_encoder: FakeEncoder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    art = files["dir"] / "art"
-    cli.main(["fit", str(files["train"]), "-o", str(art)])
+    art = fit(files)
     capsys.readouterr()
-    assert (
-        cli.main(
-            [
-                "calibrate",
-                str(files["train"]),
-                "--router",
-                str(art),
-                "--catalog",
-                str(files["catalog"]),
-                "--shares",
-                "coder=0.4,general=0.2,mathy=0.2,writer=0.2",
-                "--write",
-            ]
-        )
-        == 0
-    )
+    shares = ["--shares", "coder=0.4,general=0.2,mathy=0.2,writer=0.2", "--write"]
+    assert with_router("calibrate", files["train"], files, *shares) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["shares"]["coder"] == pytest.approx(0.4, abs=0.02)
     assert "category_bias" in RouterArtifact.load(art).manifest["thresholds"]

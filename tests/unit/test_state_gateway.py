@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -17,34 +18,20 @@ import pytest
 from coe_router.config import Settings
 from coe_router.errors import StateUnavailable
 from coe_router.gateway import create_app
-from coe_router.gateway.context import AppContext
 from coe_router.shared.ratelimit import key_id
 from coe_router.state import MemoryStore, StateStore, WindowCounts
+from tests.conversation import chat, next_turn, routing, settle, state_of
 from tests.fakes import FakeVLLM, Received, chunk
-from tests.unit.conftest import CODE, catalog_dict, openai_error
+from tests.support import CODE, in_process_client, keyword_catalog
+from tests.unit.conftest import openai_error
 
 Build = Callable[..., Awaitable[httpx.AsyncClient]]
-
-
-def chat(content: str | list[dict[str, str]], model: str = "coe", **extra: Any) -> dict[str, Any]:
-    messages = [{"role": "user", "content": content}] if isinstance(content, str) else content
-    return {"model": model, "messages": messages, **extra}
-
-
-def state_of(client: httpx.AsyncClient) -> AppContext:
-    state: AppContext = client.app.state.coe  # type: ignore[attr-defined]
-    return state
-
-
-async def settle(client: httpx.AsyncClient) -> None:
-    """Wait for the background writes (affinity, tokens, cache fills, decision log)."""
-    await state_of(client).shared.background.drain()
 
 
 @pytest.fixture
 async def build(fake: FakeVLLM, make_settings: Callable[..., Settings]) -> AsyncIterator[Build]:
     """A gateway over the fake vLLM with settings overrides, an optional store and catalog."""
-    async with _Apps() as apps:
+    async with AsyncExitStack() as stack:
 
         async def make(
             store: StateStore | None = None,
@@ -56,36 +43,13 @@ async def build(fake: FakeVLLM, make_settings: Callable[..., Settings]) -> Async
             app = create_app(
                 settings, upstream_transport=transport or fake.transport(), state_store=store
             )
-            return await apps.open(app)
+            return await stack.enter_async_context(in_process_client(app))
 
         yield make
 
 
-class _Apps:
-    def __init__(self) -> None:
-        self._open: list[tuple[Any, httpx.AsyncClient]] = []
-
-    async def __aenter__(self) -> _Apps:
-        return self
-
-    async def open(self, app: Any) -> httpx.AsyncClient:
-        ctx = app.router.lifespan_context(app)
-        await ctx.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-        client.app = app  # type: ignore[attr-defined]
-        self._open.append((ctx, client))
-        return client
-
-    async def __aexit__(self, *exc: object) -> None:
-        for ctx, client in reversed(self._open):
-            await client.aclose()
-            await ctx.__aexit__(None, None, None)
-
-
 def cached_catalog(ttl: float = 60) -> dict[str, Any]:
-    catalog = catalog_dict()
-    catalog["virtual_models"][0]["cache_ttl_s"] = ttl
-    return catalog
+    return keyword_catalog(cache_ttl_s=ttl)
 
 
 def sse_payloads(text: str) -> list[str]:
@@ -198,29 +162,23 @@ async def test_a_conversation_stays_on_its_expert_unless_the_router_is_confident
     build: Build,
 ) -> None:
     client = await build()
-    first = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi there"}]
-    resp = await client.post("/v1/chat/completions", json=chat(first))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "new")
-    await settle(client)
-    # One code keyword (confidence 0.5 < 0.8): the conversation stays with "general".
-    turn = [
-        *first,
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "python"},
+    conversation = [{"role": "system", "content": "be nice"},
+                    {"role": "user", "content": "hi there"}]  # fmt: skip
+    resp = await client.post("/v1/chat/completions", json=chat(conversation))
+    assert routing(resp) == ("general", "new")
+    script = [  # (answer, next question, where it goes, why)
+        # One code keyword (confidence 0.5 < 0.8): the conversation stays with "general".
+        ("hello", "python", ("general", "sticky"), "conversation affinity"),
+        # Three code keywords (0.875 >= 0.8): it moves to "code", and stays there.
+        ("?", "fix the bug in this python function", ("code", "moved"), ""),
+        ("done", "thanks", ("code", "sticky"), ""),
     ]
-    resp = await client.post("/v1/chat/completions", json=chat(turn))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("general", "sticky")
-    assert "conversation affinity" in resp.json()["coe"]["reason"]
-    await settle(client)
-    # Three code keywords (0.875 >= 0.8): it moves to "code", and stays there.
-    turn = [*turn, {"role": "assistant", "content": "?"},
-            {"role": "user", "content": "fix the bug in this python function"}]  # fmt: skip
-    resp = await client.post("/v1/chat/completions", json=chat(turn))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("code", "moved")
-    await settle(client)
-    turn = [*turn, {"role": "assistant", "content": "done"}, {"role": "user", "content": "thanks"}]
-    resp = await client.post("/v1/chat/completions", json=chat(turn))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("code", "sticky")
+    for answer, question, expected, reason in script:
+        await settle(client)
+        conversation = next_turn(conversation, answer, question)
+        resp = await client.post("/v1/chat/completions", json=chat(conversation))
+        assert routing(resp) == expected, question
+        assert reason in resp.json()["coe"]["reason"]
 
 
 async def test_a_client_conversation_id_names_the_conversation(build: Build) -> None:
@@ -230,7 +188,7 @@ async def test_a_client_conversation_id_names_the_conversation(build: Build) -> 
     assert resp.headers["x-coe-affinity"] == "new"
     await settle(client)
     resp = await client.post("/v1/chat/completions", json=chat("a poem please", coe=coe))
-    assert (resp.headers["x-coe-expert"], resp.headers["x-coe-affinity"]) == ("code", "sticky")
+    assert routing(resp) == ("code", "sticky")
     other = await client.post("/v1/chat/completions", json=chat("a poem please"))
     assert other.headers["x-coe-affinity"] == "new"
 

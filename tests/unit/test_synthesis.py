@@ -67,6 +67,15 @@ def synth(content: str, model: str = "coe", *, stream: bool = False, **coe: Any)
     return chat(content, model, stream=stream, coe={"synthesis": True, **coe})
 
 
+async def synthesized(
+    client: httpx.AsyncClient, content: str, model: str = "coe", **coe: Any
+) -> httpx.Response:
+    """A synthesis request (``coe`` extension fields as keywords); it must answer 200."""
+    resp = await client.post(URL, json=synth(content, model, **coe))
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
 async def asgi_call(
     app: Any, body: dict[str, Any], hang_up: Callable[[list[dict[str, Any]]], Any]
 ) -> list[dict[str, Any]]:
@@ -133,8 +142,7 @@ async def test_synthesize_asks_k_experts_and_the_aggregator_merges(
     client3: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     answers(fake, general="G says 1", code="C says 2", math="M says 3")
-    resp = await client3.post(URL, json=synth("python bug", k=3, aggregator="math"))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client3, "python bug", k=3, aggregator="math")
     body = resp.json()
     # The aggregator's own answer is the response (the fake answers the same text).
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "M says 3"}
@@ -179,8 +187,7 @@ async def test_the_default_aggregator_is_the_routers_top_choice(
     client3: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     answers(fake, general="G", code="C", math="M")
-    resp = await client3.post(URL, json=synth("fix this python function", k=2))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client3, "fix this python function", k=2)
     assert resp.headers["x-coe-aggregator"] == "code"
     assert resp.json()["choices"][0]["message"]["content"] == "C"
     assert len(aggregator_calls(fake, "code")) == 1
@@ -190,9 +197,8 @@ async def test_vote_takes_the_majority_of_normalized_answers(
     client3: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     answers(fake, general="The answer is 42.", code="41", math="So we get 42")
-    resp = await client3.post(URL, json=synth("python bug", k=3, strategy="vote"))
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
+    resp = await synthesized(client3, "python bug", k=3, strategy="vote")
+    headers, body = resp.headers, resp.json()
     # general and math agree on 42 (both scored 0.0: the first in rank order answers)
     assert body["choices"][0]["message"]["content"] == "The answer is 42."
     assert body["coe"]["expert"] == "general"
@@ -200,9 +206,9 @@ async def test_vote_takes_the_majority_of_normalized_answers(
     assert used == {"code": False, "general": True, "math": True}
     assert body["coe"]["aggregator"] is None
     assert body["usage"] == {k: 3 * v for k, v in CALL_USAGE.items()}  # no aggregator call
-    assert resp.headers["x-coe-strategy"] == "synthesis-vote"
-    assert resp.headers["x-coe-aggregator"] == ""
-    assert resp.headers["x-coe-experts-used"] == "general,math"
+    assert headers["x-coe-strategy"] == "synthesis-vote"
+    assert headers["x-coe-aggregator"] == ""
+    assert headers["x-coe-experts-used"] == "general,math"
     assert not aggregator_calls(fake, "general")
     assert not aggregator_calls(fake, "math")
 
@@ -218,8 +224,7 @@ async def test_a_tied_vote_goes_to_the_higher_router_confidence(
     client3: httpx.AsyncClient, fake: FakeVLLM, prompt: str, winner: str, text: str
 ) -> None:
     answers(fake, code="(A)", math="The answer is B")
-    resp = await client3.post(URL, json=synth(prompt, k=2, strategy="vote"))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client3, prompt, k=2, strategy="vote")
     body = resp.json()
     assert body["choices"][0]["message"]["content"] == text
     assert body["coe"]["expert"] == winner == resp.headers["x-coe-expert"]
@@ -249,8 +254,7 @@ async def test_one_expert_down_the_rest_answer_and_it_is_reported(
     behave(fake, ["code"], mode="down")
     client = await make_client(catalog=three_experts())
     # code is the router's first choice, so also the default aggregator: someone else merges.
-    resp = await client.post(URL, json=synth("python bug", k=3))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client, "python bug", k=3)
     body = resp.json()
     by = {e["expert"]: e for e in body["coe"]["experts"]}
     assert by["code"]["ok"] is False
@@ -469,8 +473,7 @@ async def test_a_recruiting_router_picks_the_panel_and_the_aggregator(
     router = SkillLikeRouter([("math", 0.6), ("math", 0.6), ("general", 0.3), ("code", 0.1)],
                              aggregator="general")  # fmt: skip
     app_of(client3).state.coe.table.routers["coe"] = router
-    resp = await client3.post(URL, json=synth("anything", k=2))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client3, "anything", k=2)
     assert router.asked_k == [2]
     assert resp.headers["x-coe-experts"] == "math,general"
     assert resp.headers["x-coe-aggregator"] == "general"  # the router's (profiles') choice
@@ -523,8 +526,7 @@ async def test_the_default_k_is_capped_at_the_experts_there_are(
     client: httpx.AsyncClient,
 ) -> None:
     # default_k is 3; the default unit catalog has two experts: ask both, no 400.
-    resp = await client.post(URL, json=synth("python bug"))
-    assert resp.status_code == 200, resp.text
+    resp = await synthesized(client, "python bug")
     assert resp.headers["x-coe-experts"] == "code,general"
 
 
@@ -621,8 +623,7 @@ async def test_tiered_pool_wakes_the_panel_within_the_budget(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
     ):
-        resp = await client.post(URL, json=synth("bravo", k=2))
-    assert resp.status_code == 200, resp.text
+        resp = await synthesized(client, "bravo", k=2)
     body = resp.json()
     by = {e["expert"]: e for e in body["coe"]["experts"]}
     assert by["a"]["ok"], by

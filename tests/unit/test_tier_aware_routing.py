@@ -6,12 +6,14 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from coe_router.routing.base import Candidate, RoutingDecision
 from coe_router.routing.tier_aware import prefer_awake
-from tests.unit.tier_fakes import Build, chat, content_of, rep, start_gateway, wake_ups
+from tests.unit.tier_fakes import Build, Gateway, chat, content_of, rep, start_gateway, wake_ups
 
 WAKE_S = {"cold": 30.0, "warm": 0.5, "hot": 0.0}
 
@@ -87,12 +89,18 @@ SMALL_GAP = "alpha first beta"
 LARGE_GAP = "alpha first third beta"
 
 
+async def answered_by(gw: Gateway, body: dict[str, Any], expert: str) -> httpx.Response:
+    """Send ``body``; ``expert`` must have answered it (its header and its text)."""
+    resp = await gw.client.post("/v1/chat/completions", json=body)
+    assert content_of(resp) == f"{expert} says hi"
+    assert resp.headers["x-coe-expert"] == expert
+    return resp
+
+
 async def test_gateway_prefers_the_awake_expert_when_the_gap_is_small(make_gateway: Build) -> None:
     gw = await make_gateway([rep("a"), rep("b")], awake=("b",), keywords=KEYWORDS,
                             wake_cost_weight=0.015)  # penalty for "a": 0.45  # fmt: skip
-    resp = await gw.client.post("/v1/chat/completions", json=chat("coe", SMALL_GAP))
-    assert content_of(resp) == "b says hi"
-    assert resp.headers["x-coe-expert"] == "b"
+    resp = await answered_by(gw, chat("coe", SMALL_GAP), "b")
     coe = resp.json()["coe"]
     assert coe["expert"] == "b"
     assert coe["reason"].startswith("tier-aware: 'b' is ready now; 'a' would need about 30.0 s")
@@ -103,18 +111,14 @@ async def test_gateway_prefers_the_awake_expert_when_the_gap_is_small(make_gatew
 async def test_gateway_wakes_the_best_expert_when_the_gap_is_large(make_gateway: Build) -> None:
     gw = await make_gateway([rep("a"), rep("b")], awake=("b",), keywords=KEYWORDS,
                             wake_cost_weight=0.015)  # fmt: skip
-    resp = await gw.client.post("/v1/chat/completions", json=chat("coe", LARGE_GAP))
-    assert content_of(resp) == "a says hi"
-    assert resp.headers["x-coe-expert"] == "a"
+    resp = await answered_by(gw, chat("coe", LARGE_GAP), "a")
     assert not resp.json()["coe"]["reason"].startswith("tier-aware")
     assert len(wake_ups(gw.replica("a"))) == 3
 
 
 async def test_gateway_weight_zero_routes_on_quality(make_gateway: Build) -> None:
     gw = await make_gateway([rep("a"), rep("b")], awake=("b",), keywords=KEYWORDS)
-    resp = await gw.client.post("/v1/chat/completions", json=chat("coe", SMALL_GAP))
-    assert content_of(resp) == "a says hi"
-    assert resp.headers["x-coe-expert"] == "a"
+    resp = await answered_by(gw, chat("coe", SMALL_GAP), "a")
     assert resp.json()["coe"]["reason"] == "2 weighted keyword hit(s) for 'a'"
 
 

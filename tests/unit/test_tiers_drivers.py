@@ -49,6 +49,14 @@ def make_fleet(replicas: list[Replica]) -> Callable[..., tuple[FakeSleepFleet, A
     return build
 
 
+async def asleep(make_fleet: Callable[..., Any], level: int) -> tuple[FakeSleepFleet, Replica]:
+    """A fleet with one replica "a", put to sleep at ``level`` behind any driver's back."""
+    fleet, replica = make_fleet()
+    r: Replica = replica(SleepReplica("a", 8))
+    assert (await r.client.post("/sleep", params={"level": level})).status_code == 200
+    return fleet, r
+
+
 async def ask(replica: Replica) -> str:
     resp = await replica.client.post(
         "/v1/chat/completions",
@@ -108,9 +116,7 @@ async def test_a_plain_wake_after_level_2_would_answer_garbage(
     make_fleet: Callable[..., Any],
 ) -> None:
     """The control for the test above: the fake does catch a missing reload."""
-    _, replica = make_fleet()
-    r = replica(SleepReplica("a", 8))
-    await r.client.post("/sleep", params={"level": 2})
+    _, r = await asleep(make_fleet, level=2)
     await r.client.post("/wake_up")
     assert "garbage" in await ask(r)
 
@@ -144,10 +150,8 @@ async def test_the_reload_rpc_names_reload_weights(replicas: list[Replica]) -> N
 async def test_an_expert_found_asleep_at_start_is_woken_with_a_reload(
     make_fleet: Callable[..., Any],
 ) -> None:
-    fleet, replica = make_fleet()
     # Asleep at level 1 by someone else: the level is not reported, so it counts as cold.
-    r = replica(SleepReplica("a", 8))
-    await r.client.post("/sleep", params={"level": 1})
+    fleet, r = await asleep(make_fleet, level=1)
     driver = VLLMSleepDriver("a", [r])
     tier = await driver.probe()
     assert tier == Tier.COLD

@@ -9,7 +9,9 @@ the budget, and an expert must not be woken twice at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -42,14 +44,14 @@ def fleet_of_replicas() -> tuple[FakeSleepFleet, dict[str, str]]:
     return fleet, urls
 
 
-def gateway(
+@contextlib.asynccontextmanager
+async def gateway(
     fleet: FakeSleepFleet, urls: dict[str, str], store: MemoryStore
-) -> tuple[TierScheduler, list[Replica]]:
-    """One gateway's scheduler over the shared replicas, coordinated through ``store``."""
+) -> AsyncIterator[TierScheduler]:
+    """One gateway's scheduler over the shared replicas, coordinated through ``store``;
+    started, and closed with its HTTP clients at the end."""
     metrics = Metrics()
-    replicas = [
-        Replica(n, urls[n], UpstreamSettings(), transport=fleet.transport()) for n in NAMES
-    ]
+    replicas = [Replica(n, urls[n], UpstreamSettings(), transport=fleet.transport()) for n in NAMES]
     residents = [
         ExpertResidency(name=r.expert, memory_gb=SIZE_GB, device="gpu0",
                         driver=VLLMSleepDriver(r.expert, [r]))
@@ -60,7 +62,13 @@ def gateway(
         residents, {"gpu0": BUDGET_GB}, LRUPolicy(), max_wait_s=0.05, queue_timeout_s=30,
         wake_timeout_s=10, metrics=metrics, coordinator=coordinator, sync_interval_s=0.01,
     )  # fmt: skip
-    return scheduler, replicas
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.aclose()
+        for r in replicas:
+            await r.aclose()
 
 
 async def use(scheduler: TierScheduler, name: str, fleet: FakeSleepFleet) -> str:
@@ -75,21 +83,10 @@ async def use(scheduler: TierScheduler, name: str, fleet: FakeSleepFleet) -> str
 async def test_two_gateways_never_overrun_the_budget_together() -> None:
     fleet, urls = fleet_of_replicas()
     store = MemoryStore()
-    one, r1 = gateway(fleet, urls, store)
-    two, r2 = gateway(fleet, urls, store)
-    await one.start()
-    await two.start()
-    rng = random.Random(7)
-    jobs = [
-        use(rng.choice([one, two]), rng.choice(NAMES), fleet) for _ in range(120)
-    ]
-    try:
+    async with gateway(fleet, urls, store) as one, gateway(fleet, urls, store) as two:
+        rng = random.Random(7)
+        jobs = [use(rng.choice([one, two]), rng.choice(NAMES), fleet) for _ in range(120)]
         results = await asyncio.wait_for(asyncio.gather(*jobs), 60)
-    finally:
-        await one.aclose()
-        await two.aclose()
-        for r in r1 + r2:
-            await r.aclose()
     assert fleet.gpu.violations == []
     assert fleet.gpu.peak_gb["gpu0"] <= BUDGET_GB
     assert all(r.endswith(":ok") for r in results), [r for r in results if "ASLEEP" in r]
@@ -98,11 +95,7 @@ async def test_two_gateways_never_overrun_the_budget_together() -> None:
 async def test_an_expert_woken_by_one_gateway_is_not_woken_again_by_the_other() -> None:
     fleet, urls = fleet_of_replicas()
     store = MemoryStore()
-    one, r1 = gateway(fleet, urls, store)
-    two, r2 = gateway(fleet, urls, store)
-    await one.start()
-    await two.start()
-    try:
+    async with gateway(fleet, urls, store) as one, gateway(fleet, urls, store) as two:
         await asyncio.gather(use(one, "a", fleet), use(two, "a", fleet))
         # The second gateway found it hot under the lease (probe) and did not wake it again.
         wakes = [c for c in fleet.replicas["a"].calls if c.startswith("POST /wake_up")]
@@ -114,11 +107,6 @@ async def test_an_expert_woken_by_one_gateway_is_not_woken_again_by_the_other() 
         await asyncio.sleep(0.05)
         assert two.experts["a"].tier is Tier.HOT
         assert one.experts["a"].tier is Tier.HOT
-    finally:
-        await one.aclose()
-        await two.aclose()
-        for r in r1 + r2:
-            await r.aclose()
 
 
 async def test_without_the_store_each_gateway_acts_alone() -> None:
@@ -129,14 +117,8 @@ async def test_without_the_store_each_gateway_acts_alone() -> None:
             raise StateUnavailable("redis is down")
 
     fleet, urls = fleet_of_replicas()
-    one, replicas = gateway(fleet, urls, DownStore())
-    await one.start()
-    try:
+    async with gateway(fleet, urls, DownStore()) as one:
         assert await use(one, "b", fleet) == "b:ok"
-    finally:
-        await one.aclose()
-        for r in replicas:
-            await r.aclose()
 
 
 def test_fleet_transport_is_shared() -> None:

@@ -438,16 +438,22 @@ async def test_queue_timeout_is_a_504_and_leaves_no_waiter() -> None:
     assert sched.experts["a"].tier == Tier.HOT
 
 
-async def test_a_cancelled_acquire_leaks_nothing() -> None:
+async def three_waiting() -> tuple[TierScheduler, asyncio.Event, list[asyncio.Task[None]]]:
+    """Expert "a" (4 of 10 GB) whose wake waits at ``gate``; three acquires wait for it."""
     sched, drivers, _ = build({"a": 4}, 10)
     await sched.start()
-    drivers["a"].gate = asyncio.Event()
+    gate = drivers["a"].gate = asyncio.Event()
     waiting = [asyncio.create_task(sched.acquire("a")) for _ in range(3)]
     await wait_for(lambda: len(sched.experts["a"].waiters) == 3)
+    return sched, gate, waiting
+
+
+async def test_a_cancelled_acquire_leaks_nothing() -> None:
+    sched, gate, waiting = await three_waiting()
     waiting[1].cancel()
     await asyncio.gather(waiting[1], return_exceptions=True)
     assert len(sched.experts["a"].waiters) == 2
-    drivers["a"].gate.set()
+    gate.set()
     await asyncio.gather(waiting[0], waiting[2])
     e = sched.experts["a"]
     assert (e.in_flight, len(e.waiters)) == (2, 0)
@@ -457,15 +463,11 @@ async def test_a_cancelled_acquire_leaks_nothing() -> None:
 
 
 async def test_cancelling_every_waiter_leaves_a_clean_state_and_the_expert_usable() -> None:
-    sched, drivers, _ = build({"a": 4}, 10)
-    await sched.start()
-    drivers["a"].gate = asyncio.Event()
-    waiting = [asyncio.create_task(sched.acquire("a")) for _ in range(3)]
-    await wait_for(lambda: len(sched.experts["a"].waiters) == 3)
+    sched, gate, waiting = await three_waiting()
     for t in waiting:
         t.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
-    drivers["a"].gate.set()
+    gate.set()
     await settle(sched)
     e = sched.experts["a"]
     assert (e.in_flight, len(e.waiters), e.tier) == (0, 0, Tier.HOT)

@@ -1,4 +1,8 @@
-"""When experts fail: retries, timeouts, bad answers, the breaker, streams and disconnects."""
+"""When experts fail: retries, timeouts, bad answers, the breaker, streams and disconnects.
+
+These tests are about one expert and its replicas, so cross-expert fallback is off here
+(``fallback_hops: 0``); tests/unit/test_fallback.py and tests/faults/ cover it.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,42 @@ def chat(content: str = "hi", model: str = "coe", **extra: object) -> dict[str, 
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
+@pytest.fixture
+def make_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The shared builder, with cross-expert fallback off unless a test turns it on."""
+
+    def build(catalog: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+        upstream = {"fallback_hops": 0, **overrides.pop("upstream", {})}
+        return make_settings(catalog, upstream=upstream, **overrides)
+
+    return build
+
+
 CODING = "fix this python function"  # the keyword router sends it to "code" (one replica)
 GENERIC = "hi there"  # the generalist (two replicas)
+
+
+def fail(fake: FakeVLLM, urls: list[str], mode: str, status: int | None = None) -> None:
+    """Put every replica in ``urls`` in failure ``mode`` (answering ``status`` if given)."""
+    for url in urls:
+        fake.of(url).mode = mode
+        if status is not None:
+            fake.of(url).status = status
+
+
+async def expect(
+    client: httpx.AsyncClient, status: int, content: str = CODING, times: int = 1
+) -> dict[str, Any]:
+    """Send ``content`` ``times`` times; each answer must have ``status`` (an error in OpenAI
+    shape unless 200). Returns the last error (``{}`` for 200)."""
+    error: dict[str, Any] = {}
+    for _ in range(times):
+        resp = await client.post(CHAT, json=chat(content))
+        if status == 200:
+            assert resp.status_code == 200, resp.text
+        else:
+            error = openai_error(resp, status)
+    return error
 
 
 def sample(app: FastAPI, name: str, **labels: str) -> float:
@@ -63,6 +101,16 @@ def sse_payloads(text: str) -> list[Any]:
         assert event.startswith("data: "), event
         out.append(json.loads(event[len("data: ") :]))
     return [*out, "[DONE]"]
+
+
+async def timed(
+    make_client: Callable[..., Any], fake: FakeVLLM, read_timeout_s: float
+) -> httpx.AsyncClient:
+    """A gateway with this read timeout over a fake that honours timeouts (it waits for
+    them instead of answering at once)."""
+    fake.honour_timeouts = True
+    client: httpx.AsyncClient = await make_client(upstream={"read_timeout_s": read_timeout_s})
+    return client
 
 
 # --- non-streaming failures --------------------------------------------------------------------
@@ -99,8 +147,7 @@ async def test_down_replica_comes_back_after_a_health_round(
 async def test_all_replicas_down_is_a_503(
     client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "down"
+    fail(fake, GENERAL, "down")
     resp = await client.post(CHAT, json=chat(GENERIC))
     error = openai_error(resp, 503)
     assert error["type"] == "upstream_error"
@@ -123,8 +170,7 @@ async def test_all_replicas_down_is_a_503(
 async def test_hanging_expert_times_out_with_a_504(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    fake.honour_timeouts = True
-    client = await make_client(upstream={"read_timeout_s": 0.05})
+    client = await timed(make_client, fake, read_timeout_s=0.05)
     fake.of(CODE[0]).mode = "hang"
     started = time.perf_counter()
     resp = await client.post(CHAT, json=chat(CODING))
@@ -134,31 +180,48 @@ async def test_hanging_expert_times_out_with_a_504(
     assert error["code"] == "upstream_timeout"
     app = app_of(client)
     assert sample(app, "coe_upstream_errors_total", expert="code", kind="timeout") == 1
-    # A slow replica is not a dead one: it stays up (its breaker counts the failure).
+    # A slow replica is not a dead one: it stays up, and its breaker does not count it.
     assert replica(app, "code").state == "up"
+    assert replica(app, "code").breaker.state == "closed"
 
 
-async def test_timeout_is_retried_on_the_other_replica(
+async def test_read_timeout_of_a_non_streamed_request_is_not_sent_again(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
     fake.honour_timeouts = True
-    client = await make_client(upstream={"read_timeout_s": 0.05})
+    client = await make_client(upstream={"read_timeout_s": 0.05, "breaker_failures": 1})
     fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 5
-    resp = await client.post(CHAT, json=chat(GENERIC))
-    assert openai_error(resp, 504)["code"] == "upstream_timeout"
-    assert len(fake.bodies_for(GENERAL[0])) == 1
-    assert len(fake.bodies_for(GENERAL[1])) == 1
-    # Only one slow: the other answers.
-    fake.of(GENERAL[1]).delay_s = 0
-    for _ in range(2):
-        assert (await client.post(CHAT, json=chat(GENERIC))).status_code == 200
+    for _ in range(3):
+        resp = await client.post(CHAT, json=chat(GENERIC))
+        assert openai_error(resp, 504)["code"] == "upstream_timeout"
+    # Each request reached one replica only: the other would have doubled the work.
+    assert len(fake.received) == 3
+    app = app_of(client)
+    assert all(r.breaker.state == "closed" for r in app.state.coe.pool.get("general").replicas)
+    assert (await client.get("/ready")).status_code == 200
+    fake.of(GENERAL[0]).delay_s = fake.of(GENERAL[1]).delay_s = 0
+    assert (await client.post(CHAT, json=chat(GENERIC))).status_code == 200
+
+
+async def test_stream_read_timeout_before_the_first_byte_is_retried(
+    make_client: Callable[..., Any], fake: FakeVLLM
+) -> None:
+    client = await timed(make_client, fake, read_timeout_s=0.05)
+    fake.of(GENERAL[0]).delay_s = 5
+    for _ in range(2):  # round-robin: the slow replica is tried first at least once
+        resp = await client.post(CHAT, json=chat(GENERIC, stream=True))
+        assert sse_payloads(resp.text)[-1] == "[DONE]"
+        assert "error" not in resp.text
+    assert len(fake.bodies_for(GENERAL[0])) >= 1
+    assert len(fake.bodies_for(GENERAL[1])) == 2
+    # Slow is not broken: the slow replica's breaker has nothing against it.
+    assert replica(app_of(client), "general", 0).breaker.state == "closed"
 
 
 async def test_slow_expert_within_its_timeout_answers(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    fake.honour_timeouts = True
-    client = await make_client(upstream={"read_timeout_s": 1.0})
+    client = await timed(make_client, fake, read_timeout_s=1.0)
     fake.of(CODE[0]).delay_s = 0.02
     assert (await client.post(CHAT, json=chat(CODING))).status_code == 200
 
@@ -178,8 +241,7 @@ async def test_answer_that_is_not_a_chat_completion_is_a_502(
 async def test_bad_answer_is_retried_on_the_other_replica(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "garbage"
+    fail(fake, GENERAL, "garbage")
     assert openai_error(await client.post(CHAT, json=chat(GENERIC)), 502)["code"] == (
         "upstream_bad_response"
     )
@@ -189,9 +251,7 @@ async def test_bad_answer_is_retried_on_the_other_replica(
 async def test_expert_4xx_is_passed_through_and_not_retried(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "status"
-        fake.of(url).status = 400
+    fail(fake, GENERAL, "status", 400)
     resp = await client.post(CHAT, json=chat(GENERIC, max_tokens=10**9))
     error = openai_error(resp, 400)
     assert error == {
@@ -210,8 +270,7 @@ async def test_expert_4xx_does_not_open_the_breaker(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
     client = await make_client(upstream={"breaker_failures": 1})
-    fake.of(CODE[0]).mode = "status"
-    fake.of(CODE[0]).status = 422
+    fail(fake, CODE, "status", 422)
     for _ in range(3):
         assert openai_error(await client.post(CHAT, json=chat(CODING)), 422)["code"] == "422"
     assert len(fake.received) == 3
@@ -221,9 +280,7 @@ async def test_expert_4xx_does_not_open_the_breaker(
 async def test_expert_5xx_is_retried_then_a_502(
     client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "status"
-        fake.of(url).status = 500
+    fail(fake, GENERAL, "status", 500)
     error = openai_error(await client.post(CHAT, json=chat(GENERIC)), 502)
     assert error["type"] == "upstream_error"
     assert error["code"] == "upstream_error"
@@ -247,9 +304,7 @@ async def test_one_replica_failing_with_5xx_is_hidden_by_the_other(
 async def test_overloaded_expert_429_is_retried_then_a_503(
     client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "status"
-        fake.of(url).status = 429
+    fail(fake, GENERAL, "status", 429)
     openai_error(await client.post(CHAT, json=chat(GENERIC)), 503)
     assert "HTTP 429" in caplog.text
     assert [len(fake.bodies_for(u)) for u in GENERAL] == [1, 1]
@@ -260,10 +315,18 @@ async def test_max_attempts_limits_the_replicas_tried(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
     client = await make_client(upstream={"max_attempts": 1})
-    for url in GENERAL:
-        fake.of(url).mode = "status"
+    fail(fake, GENERAL, "status")
     openai_error(await client.post(CHAT, json=chat(GENERIC)), 502)
     assert len(fake.received) == 1
+
+
+async def failing_code(
+    make_client: Callable[..., Any], fake: FakeVLLM, mode: str, **upstream: Any
+) -> httpx.AsyncClient:
+    """A gateway with these ``upstream`` settings whose "code" replica is in ``mode``."""
+    client: httpx.AsyncClient = await make_client(upstream=upstream)
+    fake.of(CODE[0]).mode = mode
+    return client
 
 
 # --- circuit breaker ---------------------------------------------------------------------------
@@ -272,16 +335,14 @@ async def test_max_attempts_limits_the_replicas_tried(
 async def test_breaker_opens_after_n_failures_and_shuts_the_replica_out(
     make_client: Callable[..., Any], fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = await make_client(upstream={"breaker_failures": 2, "breaker_reset_s": 60})
-    fake.of(CODE[0]).mode = "status"
-    for _ in range(2):
-        openai_error(await client.post(CHAT, json=chat(CODING)), 502)
+    client = await failing_code(make_client, fake, "status", breaker_failures=2, breaker_reset_s=60)
+    await expect(client, 502, times=2)
     assert len(fake.received) == 2
     app = app_of(client)
     assert replica(app, "code").breaker.state == "open"
     fake.of(CODE[0]).mode = "ok"  # recovered, but the breaker does not know yet
     for _ in range(3):
-        error = openai_error(await client.post(CHAT, json=chat(CODING)), 503)
+        error = await expect(client, 503)
         assert error["code"] == "expert_unavailable"
         assert "breaker open" in caplog.text
     assert len(fake.received) == 2  # nothing reached the replica while open
@@ -295,19 +356,19 @@ async def test_breaker_below_threshold_is_reset_by_a_success(
     b = fake.of(CODE[0])
     for _ in range(3):  # fail, succeed, fail ... never two in a row
         b.mode = "status"
-        openai_error(await client.post(CHAT, json=chat(CODING)), 502)
+        await expect(client, 502)
         b.mode = "ok"
-        assert (await client.post(CHAT, json=chat(CODING))).status_code == 200
+        await expect(client, 200)
     assert replica(app_of(client), "code").breaker.state == "closed"
 
 
 async def test_breaker_reset_lets_one_trial_through_and_success_closes_it(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    client = await make_client(upstream={"breaker_failures": 2, "breaker_reset_s": 0.05})
-    fake.of(CODE[0]).mode = "status"
-    for _ in range(2):
-        openai_error(await client.post(CHAT, json=chat(CODING)), 502)
+    client = await failing_code(
+        make_client, fake, "status", breaker_failures=2, breaker_reset_s=0.05
+    )
+    await expect(client, 502, times=2)
     breaker = replica(app_of(client), "code").breaker
     assert breaker.state in ("open", "half_open")
     fake.of(CODE[0]).mode = "ok"
@@ -315,65 +376,77 @@ async def test_breaker_reset_lets_one_trial_through_and_success_closes_it(
     while breaker.state != "half_open":  # waits breaker_reset_s, no fixed sleep
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
-    assert (await client.post(CHAT, json=chat(CODING))).status_code == 200
+    await expect(client, 200)
     assert breaker.state == "closed"
-    assert (await client.post(CHAT, json=chat(CODING))).status_code == 200
+    await expect(client, 200)
     assert len(fake.received) == 4
+
+
+def clocked_breaker(client: httpx.AsyncClient, failures: int) -> tuple[CircuitBreaker, list[float]]:
+    """Give the "code" replica a breaker (reset after 10 s) on a clock the test moves."""
+    now = [0.0]
+    breaker = CircuitBreaker(failures, 10.0, clock=lambda: now[0])
+    replica(app_of(client), "code").breaker = breaker
+    return breaker, now
 
 
 async def test_failed_half_open_trial_reopens_the_breaker(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
-    now = [0.0]
-    target = replica(app_of(client), "code")
-    target.breaker = CircuitBreaker(2, 10.0, clock=lambda: now[0])
+    breaker, now = clocked_breaker(client, 2)
     fake.of(CODE[0]).mode = "status"
-    for _ in range(2):
-        openai_error(await client.post(CHAT, json=chat(CODING)), 502)
-    openai_error(await client.post(CHAT, json=chat(CODING)), 503)
+    await expect(client, 502, times=2)
+    await expect(client, 503)
     assert len(fake.received) == 2
     now[0] = 10.0  # reset elapsed: half-open
-    openai_error(await client.post(CHAT, json=chat(CODING)), 502)  # the trial, still broken
+    await expect(client, 502)  # the trial, still broken
     assert len(fake.received) == 3
-    assert target.breaker.state == "open"
+    assert breaker.state == "open"
     now[0] = 19.9  # re-opened at 10.0, so still open
-    openai_error(await client.post(CHAT, json=chat(CODING)), 503)
+    await expect(client, 503)
     assert len(fake.received) == 3
 
 
 async def test_half_open_admits_a_single_trial_at_a_time(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
-    now = [0.0]
-    target = replica(app_of(client), "code")
-    target.breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    breaker, now = clocked_breaker(client, 1)
     fake.of(CODE[0]).mode = "status"
-    openai_error(await client.post(CHAT, json=chat(CODING)), 502)
+    await expect(client, 502)
     now[0] = 10.0
     fake.of(CODE[0]).mode = "ok"
     fake.of(CODE[0]).delay_s = 0.05
     fake.arrived.clear()
     trial = asyncio.create_task(client.post(CHAT, json=chat(CODING)))
     await fake.arrived.wait()  # the trial reached the replica
-    other = await client.post(CHAT, json=chat(CODING))  # arrives while the trial runs
-    assert openai_error(other, 503)["code"] == "expert_unavailable"
+    # Arrives while the trial runs.
+    assert (await expect(client, 503))["code"] == "expert_unavailable"
     assert (await trial).status_code == 200
-    assert target.breaker.state == "closed"
+    assert breaker.state == "closed"
     assert len(fake.received) == 2
 
 
 async def test_recovered_replica_gets_a_fresh_breaker_from_the_health_round(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    client = await make_client(upstream={"breaker_failures": 1, "breaker_reset_s": 60})
-    fake.of(CODE[0]).mode = "down"
-    openai_error(await client.post(CHAT, json=chat(CODING)), 503)
+    client = await failing_code(make_client, fake, "down", breaker_failures=1, breaker_reset_s=60)
+    await expect(client, 503)
     app = app_of(client)
     assert replica(app, "code").breaker.state == "open"
     fake.of(CODE[0]).mode = "ok"
     await app.state.coe.pool.check_all()
     assert replica(app, "code").breaker.state == "closed"
-    assert (await client.post(CHAT, json=chat(CODING))).status_code == 200
+    await expect(client, 200)
+
+
+async def stream(
+    client: httpx.AsyncClient, content: str = CODING
+) -> tuple[httpx.Response, list[Any]]:
+    """A streamed request: it must be a 200 event stream; the response and its payloads."""
+    resp = await client.post(CHAT, json=chat(content, stream=True))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    return resp, sse_payloads(resp.text)
 
 
 # --- streaming ---------------------------------------------------------------------------------
@@ -383,11 +456,8 @@ async def test_stream_broken_midway_ends_with_an_in_band_error_and_done(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     fake.of(CODE[0]).mode = "midstream"
-    resp = await client.post(CHAT, json=chat(CODING, stream=True))
-    assert resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/event-stream")
     # Every event parses: the expert's half-written event must not leak into the stream.
-    payloads = sse_payloads(resp.text)
+    resp, payloads = await stream(client)
     error = payloads[-2]
     assert list(error) == ["error"]
     assert list(error["error"]) == ["message", "type", "param", "code"]
@@ -407,9 +477,7 @@ async def test_stream_without_done_gets_an_in_band_error_and_done(
     client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.of(CODE[0]).mode = "no_done"
-    resp = await client.post(CHAT, json=chat(CODING, stream=True))
-    assert resp.status_code == 200
-    payloads = sse_payloads(resp.text)
+    resp, payloads = await stream(client)
     assert payloads[-2]["error"]["code"] == "upstream_bad_response"
     assert "[DONE]" in caplog.text
     assert payloads[-3]["choices"][0]["finish_reason"] == "stop"  # all content came through
@@ -421,8 +489,7 @@ async def test_stream_events_split_across_reads_reach_the_client_whole(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
     fake.of(CODE[0]).split = True
-    resp = await client.post(CHAT, json=chat(CODING, stream=True))
-    payloads = sse_payloads(resp.text)
+    _, payloads = await stream(client)
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in payloads[:-1])
     assert content == "hello0 hello1 hello2 "
 
@@ -430,12 +497,9 @@ async def test_stream_events_split_across_reads_reach_the_client_whole(
 async def test_stream_timeout_between_chunks_is_an_in_band_504(
     make_client: Callable[..., Any], fake: FakeVLLM
 ) -> None:
-    fake.honour_timeouts = True
-    client = await make_client(upstream={"read_timeout_s": 0.05})
+    client = await timed(make_client, fake, read_timeout_s=0.05)
     fake.of(CODE[0]).chunk_delay_s = 5
-    resp = await client.post(CHAT, json=chat(CODING, stream=True))
-    assert resp.status_code == 200
-    payloads = sse_payloads(resp.text)
+    _, payloads = await stream(client)
     assert payloads[-2]["error"]["code"] == "upstream_timeout"
     assert fake.closed_streams == 1
 
@@ -445,9 +509,7 @@ async def test_stream_failing_before_the_first_byte_is_retried(
 ) -> None:
     fake.of(GENERAL[0]).mode = "down"
     for _ in range(3):
-        resp = await client.post(CHAT, json=chat(GENERIC, stream=True))
-        assert resp.status_code == 200
-        payloads = sse_payloads(resp.text)
+        _, payloads = await stream(client, GENERIC)
         assert all("error" not in p for p in payloads[:-1])
     assert len(fake.bodies_for(GENERAL[1])) == 3
     app = app_of(client)
@@ -472,8 +534,7 @@ async def test_stream_with_5xx_before_the_first_byte_is_retried(
 async def test_stream_with_all_replicas_down_is_a_plain_503(
     client: httpx.AsyncClient, fake: FakeVLLM
 ) -> None:
-    for url in GENERAL:
-        fake.of(url).mode = "down"
+    fail(fake, GENERAL, "down")
     resp = await client.post(CHAT, json=chat(GENERIC, stream=True))
     error = openai_error(resp, 503)  # JSON, not an event stream
     assert error["code"] == "expert_unavailable"
@@ -639,6 +700,7 @@ class StubUpstream:
 
     def __init__(self, writes: list[bytes], error: Exception | None = None) -> None:
         self.writes, self.error, self.closed = writes, error, 0
+        self.max_event_bytes = 1024 * 1024
 
     async def __aiter__(self) -> Any:
         for w in self.writes:

@@ -13,7 +13,7 @@ import asyncio
 import itertools
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,44 +39,37 @@ class Clock:
         return self.now
 
 
+@dataclass(eq=False)
 class FakeDriver:
     """One expert's residency, with knobs."""
 
-    def __init__(
-        self,
-        name: str,
-        gpu: FakeGPU,
-        device: str,
-        memory_gb: float,
-        *,
-        tier: Tier = Tier.COLD,
-        can_sleep: bool = True,
-        wake_s: float = 0.0,
-        sleep_s: float = 0.0,
-    ) -> None:
-        self.name = name
-        self.gpu = gpu
-        self.device = device
-        self.memory_gb = memory_gb
-        self.can_sleep = can_sleep
-        self.wake_s = wake_s
-        self.sleep_s = sleep_s
-        self.tier = tier
-        self.on_gpu = tier == Tier.HOT
-        if self.on_gpu:
-            gpu.claim(device, memory_gb, name)
-        #: Tiers woken from, and levels slept at, in order.
-        self.wakes: list[Tier] = []
-        self.sleeps: list[int] = []
-        #: Raised by the next wakes (before any memory is claimed) / sleeps.
-        self.fail_wakes: list[Exception] = []
-        self.fail_sleep: Exception | None = None
-        #: The next this many wakes hang (after claiming memory) until cancelled.
-        self.hang_wakes = 0
-        #: When set, a wake waits for it after claiming memory.
-        self.gate: asyncio.Event | None = None
-        #: Called at the start of every wake (for invariant checks).
-        self.on_wake: Callable[[FakeDriver], None] | None = None
+    name: str
+    gpu: FakeGPU
+    device: str
+    memory_gb: float
+    tier: Tier = field(default=Tier.COLD, kw_only=True)
+    can_sleep: bool = field(default=True, kw_only=True)
+    wake_s: float = field(default=0.0, kw_only=True)
+    sleep_s: float = field(default=0.0, kw_only=True)
+    #: Tiers woken from, and levels slept at, in order.
+    wakes: list[Tier] = field(default_factory=list, init=False)
+    sleeps: list[int] = field(default_factory=list, init=False)
+    #: Raised by the next wakes (before any memory is claimed) / sleeps.
+    fail_wakes: list[Exception] = field(default_factory=list, init=False)
+    fail_sleep: Exception | None = field(default=None, init=False)
+    #: The next this many wakes hang (after claiming memory) until cancelled.
+    hang_wakes: int = field(default=0, init=False)
+    #: When set, a wake waits for it after claiming memory.
+    gate: asyncio.Event | None = field(default=None, init=False)
+    #: Called at the start of every wake (for invariant checks).
+    on_wake: Callable[[FakeDriver], None] | None = field(default=None, init=False)
+    #: Whether its memory is claimed on the device now.
+    on_gpu: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if self.tier == Tier.HOT:  # it starts loaded: its memory is in use already
+            self.gpu.claim(self.device, self.memory_gb, self.name)
+            self.on_gpu = True
 
     async def wake(self, from_tier: Tier) -> None:
         self.wakes.append(from_tier)

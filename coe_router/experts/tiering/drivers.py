@@ -22,6 +22,7 @@ refuses sleep mode): cold = stopped, hot = started and healthy.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -30,6 +31,8 @@ from coe_router.errors import UpstreamBadResponse, map_httpx_exceptions
 from coe_router.experts.process import LocalProcess
 from coe_router.experts.replica import Replica
 from coe_router.experts.tiering.tiers import Tier
+
+log = logging.getLogger("coe_router.experts.tiering")
 
 
 class VLLMSleepDriver:
@@ -69,8 +72,26 @@ class VLLMSleepDriver:
         await self._call(replica, "POST", "/sleep", params={"level": level, "mode": "wait"})
 
     async def wake(self, from_tier: Tier) -> None:
-        """Wake every replica; after level 2 (or an unknown level) reload the weights first."""
-        await asyncio.gather(*(self._wake_one(r, from_tier) for r in self._replicas))
+        """Wake every replica; after level 2 (or an unknown level) reload the weights first.
+
+        One replica down must not keep the others asleep: the wake succeeds when at least
+        one replica woke; those that did not are taken out of rotation (down) until a
+        health check sees them again. It fails, with the first replica's error, only when
+        none woke.
+        """
+        results = await asyncio.gather(
+            *(self._wake_one(r, from_tier) for r in self._replicas), return_exceptions=True
+        )
+        failed = [(r, e) for r, e in zip(self._replicas, results, strict=True) if e is not None]
+        for _, error in failed:
+            if not isinstance(error, Exception):  # cancelled, or worse: not ours to absorb
+                raise error
+        if len(failed) == len(self._replicas):
+            raise failed[0][1]
+        for replica, error in failed:
+            log.warning("expert %r: replica %s did not wake: %s", self._expert,
+                        replica.base_url, error)  # fmt: skip
+            replica.state, replica.detail = "down", f"did not wake: {type(error).__name__}"
         self._level = None
 
     async def _wake_one(self, replica: Replica, from_tier: Tier) -> None:
@@ -85,14 +106,17 @@ class VLLMSleepDriver:
             raise UpstreamBadResponse(f"expert {self._expert!r} still sleeps after wake_up")
 
     async def probe(self) -> Tier:
-        """Hot when every replica is awake; asleep at an unknown level counts as cold."""
-        try:
-            states = await asyncio.gather(
-                *(self._call(r, "GET", "/is_sleeping") for r in self._replicas)
-            )
-        except Exception:
-            return Tier.COLD
-        if all(isinstance(s, dict) and s.get("is_sleeping") is False for s in states):
+        """Hot when every replica that answers is awake (and one does); asleep at an unknown
+        level counts as cold. A replica that does not answer is down, not asleep."""
+        results = await asyncio.gather(
+            *(self._call(r, "GET", "/is_sleeping") for r in self._replicas),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        states = [s for s in results if not isinstance(s, BaseException)]
+        if states and all(isinstance(s, dict) and s.get("is_sleeping") is False for s in states):
             return Tier.HOT
         # The level is not reported; only a level-1 sleep we did ourselves is known warm.
         return Tier.WARM if self._level == 1 else Tier.COLD
