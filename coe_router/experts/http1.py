@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -33,6 +34,8 @@ import httpx
 
 #: Unread bytes a stream may buffer before the socket stops being read (back-pressure).
 _HIGH_WATER = 1 << 20
+#: Seconds an idle keep-alive connection is kept (httpx's default, which this replaces).
+KEEPALIVE_EXPIRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +63,19 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.headers_done = False
+        self._until_eof = False
         self.keep_alive = False
         self.complete = False
         self.lost: BaseException | None = None
         self._reading_paused = False
+        #: When it went back to the pool (loop time).
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -83,6 +89,8 @@ class _Connection(asyncio.Protocol):
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self.headers_done and self._until_eof and self.lost is None:
+            self.complete = True
         if not self.complete and self.lost is None:
             detail = f": {exc}" if exc else ""
             self.lost = httpx.RemoteProtocolError(f"server disconnected{detail}")
@@ -108,6 +116,14 @@ class _Connection(asyncio.Protocol):
         self.status = self._parser.get_status_code()
         # Asked here: once the message completes, the parser has already reset its state.
         self.keep_alive = self._parser.should_keep_alive()
+        # Neither a length nor chunks: the body ends when the server closes the connection.
+        names = {k for k, _ in self.headers}
+        self._until_eof = (
+            b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and self.status >= 200
+            and self.status not in (204, 304)
+        )
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -140,7 +156,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self.headers = []
         self.status = 0
-        self.headers_done = self.complete = self.keep_alive = False
+        self.headers_done = self.complete = self.keep_alive = self._until_eof = False
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -220,6 +236,14 @@ class Headers:
         return default
 
 
+def _decoder(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return encoding  # unsupported: reading the body raises DecodingError
+
+
 class Response:
     """An upstream answer whose head arrived; read or iterate its body, then ``aclose``."""
 
@@ -229,6 +253,9 @@ class Response:
         self.status_code = conn.status
         self.headers = Headers(conn.headers)
         self.content = b""
+        encoding = self.headers.get("content-encoding").strip().lower()
+        # We ask for identity; a server that compresses anyway is decoded like httpx would.
+        self._decoder = None if encoding in ("", "identity") else _decoder(encoding)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives (chunked encoding already undone)."""
@@ -237,12 +264,25 @@ class Response:
             return
         while True:
             data = conn.take()
+            if data and self._decoder is not None:
+                data = self._decode(data, conn.complete)
             if data:
                 yield data
             if conn.complete:
                 break
             await conn.wait(self._pool.timeouts.read)
         await self.aclose()
+
+    def _decode(self, data: bytes, final: bool) -> bytes:
+        assert self._decoder is not None
+        if isinstance(self._decoder, str):
+            raise httpx.DecodingError(f"the body is in an encoding we did not ask for: "
+                                      f"{self._decoder}")  # fmt: skip
+        try:
+            out: bytes = self._decoder.decompress(data)
+            return out + self._decoder.flush() if final else out
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"the body does not decode: {exc}") from None
 
     async def aread(self) -> bytes:
         """The whole body (kept in :attr:`content`)."""
@@ -329,6 +369,7 @@ class ConnectionPool:
     async def _acquire(self) -> _Connection:
         if self._closed:
             raise httpx.ConnectError("the client is closed")
+        self.prune()
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
@@ -374,6 +415,7 @@ class ConnectionPool:
     def release(self, conn: _Connection) -> None:
         """Back to the pool if reusable, else closed; wakes a waiter either way."""
         if conn.reusable and not self._closed:
+            conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
         else:
             conn.close()
@@ -386,6 +428,21 @@ class ConnectionPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def prune(self) -> None:
+        """Close idle connections older than :data:`KEEPALIVE_EXPIRY_S` (called on each
+        request and by the replica's health rounds, so an idle gateway lets them go)."""
+        if not self._idle:
+            return
+        cutoff = asyncio.get_running_loop().time() - KEEPALIVE_EXPIRY_S
+        if self._idle[0].idle_since >= cutoff:  # the oldest is first: nothing to do
+            return
+        keep = [c for c in self._idle if c.idle_since >= cutoff]
+        for conn in self._idle:
+            if conn.idle_since < cutoff:
+                conn.close()
+                self._open -= 1
+        self._idle = keep
 
     async def aclose(self) -> None:
         """Close every idle connection; busy ones close when released."""
