@@ -62,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python bench/x.py`` puts bench/, not the root, on the path
     sys.path.insert(0, str(ROOT))
 
+from coe_router.experts import http1  # noqa: E402
 from tests.support import (  # noqa: E402
     HOST,
     LaunchError,
@@ -360,41 +361,60 @@ class BadAnswer(Exception):
     """A request that did not get a well-formed 200 answer."""
 
 
-async def _post(client: httpx.AsyncClient, body: bytes) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    resp = await client.post(_PATH, content=body, headers=_HEADERS)
-    elapsed = time.perf_counter() - t0
-    if resp.status_code != 200:
-        raise BadAnswer(f"{client.base_url} answered {resp.status_code}: {resp.text[:300]}")
-    return elapsed, elapsed
+class Target:
+    """One target's client: httpx, or the gateway's own lean HTTP/1.1 pool (the default,
+    about 3x less CPU per request, so the load generator is less often the bottleneck)."""
 
+    def __init__(self, url: str, headers: dict[str, str], lean: bool) -> None:
+        self.url = url
+        self.headers = {**_HEADERS, **headers}
+        self._httpx = httpx.AsyncClient(
+            base_url=url, timeout=httpx.Timeout(60.0, connect=5.0), headers=self.headers,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )  # fmt: skip
+        self._lean = http1.ConnectionPool(url, http1.Timeouts(5.0, 60.0, 60.0, 60.0), 64)
+        self.lean = lean
 
-async def _post_stream(client: httpx.AsyncClient, body: bytes) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    first = 0.0
-    tail_ = b""
-    async with client.stream("POST", _PATH, content=body, headers=_HEADERS) as resp:
-        if resp.status_code != 200:
-            await resp.aread()
-            raise BadAnswer(f"{client.base_url} answered {resp.status_code}: {resp.text[:300]}")
-        async for chunk in resp.aiter_raw():
-            if not first and chunk:
-                first = time.perf_counter() - t0
-            tail_ = (tail_ + chunk)[-64:]
-    elapsed = time.perf_counter() - t0
-    if b"data: [DONE]" not in tail_:
-        raise BadAnswer(f"{client.base_url}: stream ended without [DONE]")
-    return elapsed, first
+    async def aclose(self) -> None:
+        """Close both clients."""
+        await self._httpx.aclose()
+        await self._lean.aclose()
+
+    async def post(self, body: bytes, stream: bool) -> tuple[float, float]:
+        """One request: (seconds to the end, seconds to the first body bytes)."""
+        t0 = time.perf_counter()
+        first = 0.0
+        tail_ = b""
+        if self.lean:
+            resp = await self._lean.request("POST", _PATH, body, self.headers, stream=True)
+            try:
+                status, chunks = resp.status_code, resp.aiter_bytes()
+                async for chunk in chunks:
+                    if not first:
+                        first = time.perf_counter() - t0
+                    tail_ = (tail_ + chunk)[-64:]
+            finally:
+                await resp.aclose()
+        else:
+            async with self._httpx.stream("POST", _PATH, content=body) as r:
+                status = r.status_code
+                async for chunk in r.aiter_raw():
+                    if not first and chunk:
+                        first = time.perf_counter() - t0
+                    tail_ = (tail_ + chunk)[-64:]
+        elapsed = time.perf_counter() - t0
+        if status != 200:
+            raise BadAnswer(f"{self.url} answered {status}: {tail_!r}")
+        if stream and b"data: [DONE]" not in tail_:
+            raise BadAnswer(f"{self.url}: stream ended without [DONE]")
+        return elapsed, first
 
 
 async def run_block(
-    client: httpx.AsyncClient, n: int, concurrency: int, stream: bool, side: Side | None
+    client: Target, n: int, concurrency: int, stream: bool, side: Side | None
 ) -> None:
     """``n`` requests from ``concurrency`` workers; recorded into ``side`` unless warming up."""
     body = _body(stream)
-    call: Callable[[httpx.AsyncClient, bytes], Awaitable[tuple[float, float]]] = (
-        _post_stream if stream else _post
-    )
     remaining = n
     lat: list[float] = []
     firsts: list[float] = []
@@ -405,7 +425,7 @@ async def run_block(
         while remaining > 0:
             remaining -= 1
             try:
-                total, first = await call(client, body)
+                total, first = await client.post(body, stream)
             except (BadAnswer, httpx.HTTPError) as exc:
                 # Counted and reported, not timed; too many of them fail the run.
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -440,8 +460,13 @@ def _blocks(n: int, block: int, targets: int) -> Iterator[tuple[int, int]]:
         i += 1
 
 
-async def check_routing(gateway: httpx.AsyncClient, others: list[httpx.AsyncClient]) -> str:
+async def check_routing(urls: dict[str, str]) -> str:
     """One request each; the gateway must have routed the coding prompt to ``code``."""
+    async with httpx.AsyncClient(base_url=urls["gateway"], timeout=30) as gateway:
+        return await _check_routing(gateway, [(n, u) for n, u in urls.items() if n != "gateway"])
+
+
+async def _check_routing(gateway: httpx.AsyncClient, others: list[tuple[str, str]]) -> str:
     resp = await gateway.post(_PATH, content=_body(False), headers=_HEADERS)
     resp.raise_for_status()
     expert = str(resp.headers.get("x-coe-expert", ""))
@@ -450,11 +475,12 @@ async def check_routing(gateway: httpx.AsyncClient, others: list[httpx.AsyncClie
         raise RuntimeError(f"expected keyword routing to 'code', got {expert!r}: {body}")
     if body["model"] != "stub-coder" or not body.get("choices"):
         raise RuntimeError(f"unexpected gateway answer: {body}")
-    for client in others:
-        resp = await client.post(_PATH, content=_body(False), headers=_HEADERS)
+    for name, url in others:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=_auth(name)) as client:
+            resp = await client.post(_PATH, content=_body(False), headers=_HEADERS)
         resp.raise_for_status()
         if not resp.json().get("choices"):
-            raise RuntimeError(f"unexpected answer from {client.base_url}: {resp.text}")
+            raise RuntimeError(f"unexpected answer from {name}: {resp.text}")
     return expert
 
 
@@ -474,22 +500,14 @@ def _auth(target: str) -> dict[str, str]:
 
 
 async def measure(
-    targets: Targets, plan: list[tuple[Scenario, int, int, int]], rss_requests: int
+    targets: Targets, plan: list[tuple[Scenario, int, int, int]], rss_requests: int, lean: bool
 ) -> str:
     """Run every scenario of ``plan`` (scenario, warm-up, n, block size) on every target,
     then bring each proxy to ``rss_requests`` requests and read its RSS."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    timeout = httpx.Timeout(60.0, connect=5.0)
-    async with contextlib.AsyncExitStack() as stack:
-        clients = {
-            name: await stack.enter_async_context(
-                httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout,
-                                  headers=_auth(name)))
-            for name, url in targets.urls.items()
-        }  # fmt: skip
+    expert = await check_routing(targets.urls)
+    clients = {name: Target(url, _auth(name), lean) for name, url in targets.urls.items()}
+    try:
         names = list(clients)
-        expert = await check_routing(clients["gateway"],
-                                     [c for n, c in clients.items() if n != "gateway"])  # fmt: skip
         sent = dict.fromkeys(names, 1)
         for sc, warmup, n, block in plan:
             log(f"{sc.name}: warm-up {warmup} + {n} requests per target ({', '.join(names)}), "
@@ -518,6 +536,9 @@ async def measure(
                 sent[name] += more
             targets.rss[name]["after"] = rss_mb(targets.pids[name])
         targets.sent = sent
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return expert
 
 
@@ -544,7 +565,7 @@ def render_table(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> 
         "coe-router gateway overhead (keyword routing, model 'coe', coding prompt)",
         f"  {meta['machine_note']}",
         f"  pinning: {meta['pinning']}",
-        f"  load generator: httpx {httpx.__version__} on {meta['loadgen_loop']}; "
+        f"  load generator: {meta['loadgen_client']} on {meta['loadgen_loop']}; "
         f"python {meta['python']}",
         f"  gateway: {meta['gateway_server']}",
         f"  peer: {peer}" if meta["peer_present"] else f"  peer: SKIPPED ({peer})",
@@ -644,6 +665,9 @@ def _parser() -> argparse.ArgumentParser:
         "beside this Python, else PATH)",
     )
     p.add_argument("--no-peer", action="store_true", help="skip LiteLLM even when installed")
+    p.add_argument("--loadgen", choices=["lean", "httpx"], default="lean",
+                   help="the load generator's HTTP client: the gateway's lean HTTP/1.1 pool "
+                   "(coe_router/experts/http1.py, cheapest) or httpx")  # fmt: skip
     p.add_argument("--no-uvloop", action="store_true", help="load generator on stdlib asyncio")
     p.add_argument("--json", action="store_true", help="also print one JSON object, last line")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the logs")
@@ -735,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         if n_stream > 0:
             scenarios.append((Scenario("stream_c1", 1, True), warmup, n_stream, 100))
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            expert = runner.run(measure(targets, scenarios, rss_requests))
+            expert = runner.run(measure(targets, scenarios, rss_requests, args.loadgen == "lean"))
         for proc, name in ((stub, "stub"), (gateway.process, "gateway"), (peer, "peer")):
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"the {name} exited during the run ({proc.returncode})")
@@ -765,6 +789,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "pinning": pinning,
         "loadgen_loop": loop_name,
+        "loadgen_client": (
+            "coe_router lean HTTP/1.1 pool"
+            if args.loadgen == "lean"
+            else f"httpx {httpx.__version__}"
+        ),
         "gateway_server": f"uvicorn, 1 worker, loop {gw_loop}, http {gw_http}, access log off",
         "peer": peer_note,
         "peer_present": peer is not None,
