@@ -324,6 +324,16 @@ class ConnectionPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, busy or idle."""
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        """Kept-alive connections waiting for the next request."""
+        return len(self._idle)
+
     async def request(
         self,
         method: str,
