@@ -183,6 +183,8 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, limit_s: float) -> None:
         """Wait (at most ``limit_s``) for the parser to make progress or the socket to end."""
+        if self._chunks or self.complete:
+            return  # progress made while the reader was busy elsewhere: no wait
         if self.lost is not None:
             raise self.lost
         waiter: asyncio.Future[Any] = self._loop.create_future()

@@ -213,3 +213,28 @@ async def test_idle_connections_expire(
         pool.prune()
         assert pool.open_connections == 0
         assert pool.idle_connections == 0
+
+
+async def test_bytes_that_arrive_while_the_reader_is_busy_are_not_waited_for(
+    pools: list[http1.ConnectionPool],
+) -> None:
+    sent_second = asyncio.Event()
+
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"1\r\nb\r\n")  # then silence, the stream still open
+        await w.drain()
+        sent_second.set()
+        await asyncio.sleep(10)
+
+    async with Server(handle) as server:
+        timeouts = http1.Timeouts(connect=1.0, read=0.5, write=1.0, pool=1.0)
+        resp = await pool_for(server, pools, timeouts).request("POST", "/", b"", stream=True)
+        chunks = resp.aiter_bytes()
+        assert await anext(chunks) == b"a"
+        await sent_second.wait()  # "b" arrives while nobody waits on the connection
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(anext(chunks), 0.3) == b"b"  # not a read timeout
+        await resp.aclose()
