@@ -17,8 +17,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
-
 from coe_router import tracing
 from coe_router.catalog import ExpertSpec
 from coe_router.closing import EndOnce
@@ -31,6 +29,7 @@ from coe_router.errors import (
 )
 from coe_router.experts.replica import (
     Replica,
+    Streamed,
     parse_completion,
     parse_object,
     read_capped,
@@ -55,7 +54,7 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, replica: Replica, response: httpx.Response, first: bytes,
+        self, replica: Replica, response: Streamed, first: bytes,
         rest: AsyncIterator[bytes], on_close: Callable[[bool], None],
         span: tracing.Span = tracing.NOOP_SPAN,
     ) -> None:  # fmt: skip
@@ -153,9 +152,8 @@ class ExpertClient:
             headers = {"content-type": "application/json"}
             span.inject(headers)
             tracing.set_expert_result(span, replica=replica.base_url)
-            request = replica.client.build_request("POST", _PATH, content=payload, headers=headers)
             with map_httpx_exceptions(what):
-                streamed = await replica.client.send(request, stream=True)
+                streamed = await replica.send(_PATH, payload, headers)
                 try:
                     resp = await read_capped(streamed, replica.max_response_bytes, what)
                 finally:
@@ -180,9 +178,8 @@ class ExpertClient:
             headers = {"content-type": "application/json", "accept": "text/event-stream"}
             span.inject(headers)
             tracing.set_expert_result(span, replica=replica.base_url)
-            request = replica.client.build_request("POST", _PATH, content=payload, headers=headers)
             with map_httpx_exceptions(what):
-                resp = await replica.client.send(request, stream=True)
+                resp = await replica.send(_PATH, payload, headers)
             tracing.set_expert_result(span, status=resp.status_code)
             try:
                 with map_httpx_exceptions(what):

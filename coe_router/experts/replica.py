@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, Literal, Protocol
 
 import httpx
 
 from coe_router.config import UpstreamSettings
 from coe_router.errors import UpstreamBadResponse, UpstreamError, UpstreamStatusError
+from coe_router.experts import http1
 from coe_router.experts.breaker import CircuitBreaker
 from coe_router.experts.process import LocalProcess
 
 ReplicaState = Literal["starting", "up", "down"]
+#: An upstream answer whose head arrived: httpx's, or the lean client's.
+Streamed = httpx.Response | http1.Response
+
+
+class ReadAnswer(Protocol):
+    """An upstream answer whose body was read."""
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status."""
+
+    def json(self) -> Any:
+        """The body as JSON (ValueError when it is not)."""
+
+
+class Answer:
+    """A body read in full (and capped) by :func:`read_capped`."""
+
+    __slots__ = ("content", "status_code")
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code = status_code
+        self.content = content
+
+    def json(self) -> Any:
+        """The body as JSON (ValueError when it is not)."""
+        return json.loads(self.content)
 
 
 class Replica:
     """A vLLM (or any OpenAI-compatible) server behind one base URL.
 
-    Owns one ``httpx.AsyncClient`` with explicit timeouts. ``outstanding`` counts
-    requests in flight for least-outstanding balancing.
+    Owns one ``httpx.AsyncClient`` with explicit timeouts (health checks, ``/tokenize``,
+    sleep mode, and every call when a test injects a transport or the URL is https), and
+    for chat calls over plain http the lean :class:`~coe_router.experts.http1.ConnectionPool`
+    with the same timeouts (httpx cost most of the gateway's CPU per relayed request).
+    ``outstanding`` counts requests in flight for least-outstanding balancing.
     """
 
     def __init__(
@@ -59,6 +91,25 @@ class Replica:
             ),
             transport=transport,
         )
+        self._lean: http1.ConnectionPool | None = None
+        if transport is None and base_url.startswith("http://"):
+            timeouts = http1.Timeouts(
+                connect=settings.connect_timeout_s,
+                read=settings.read_timeout_s,
+                write=settings.write_timeout_s,
+                pool=settings.pool_timeout_s,
+            )
+            self._lean = http1.ConnectionPool(base_url, timeouts, settings.max_connections)
+
+    async def send(self, path: str, payload: bytes, headers: dict[str, str]) -> Streamed:
+        """``POST`` ``payload`` to ``path``; returns once the answer's head arrived (read or
+        iterate its body, then ``aclose`` it). Raises httpx's exceptions."""
+        if self._lean is not None:
+            # We relay bytes as they come; compression would only cost CPU on both ends.
+            headers["accept-encoding"] = "identity"
+            return await self._lean.request("POST", path, payload, headers, stream=True)
+        request = self.client.build_request("POST", path, content=payload, headers=headers)
+        return await self.client.send(request, stream=True)
 
     @property
     def available(self) -> bool:
@@ -103,6 +154,8 @@ class Replica:
         if proc is not None and proc.state in ("exited", "stopped", "failed"):
             self.state, self.detail = "down", proc.detail
             return self.state
+        if self._lean is not None:
+            self._lean.prune()  # an idle gateway lets its idle keep-alive connections go
         try:
             resp = await self.client.get("/health", timeout=self._health_timeout)
             healthy = resp.status_code == 200
@@ -124,11 +177,13 @@ class Replica:
         return self.state
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
+        """Close the HTTP clients."""
+        if self._lean is not None:
+            await self._lean.aclose()
         await self.client.aclose()
 
 
-async def read_capped(resp: httpx.Response, limit: int, what: str) -> httpx.Response:
+async def read_capped(resp: Streamed, limit: int, what: str) -> Answer:
     """The response with its body read, at most ``limit`` bytes of it (decoded), or a 502.
 
     Call it inside :func:`~coe_router.errors.map_httpx_exceptions`: reading may fail.
@@ -140,14 +195,10 @@ async def read_capped(resp: httpx.Response, limit: int, what: str) -> httpx.Resp
         if size > limit:
             raise UpstreamBadResponse(f"{what} sent a body larger than {limit} bytes")
         parts.append(chunk)
-    # Already decoded: keep only the type, so the copy is not decoded again.
-    headers = {"content-type": resp.headers.get("content-type", "application/octet-stream")}
-    return httpx.Response(
-        resp.status_code, headers=headers, content=b"".join(parts), request=resp.request
-    )
+    return Answer(resp.status_code, b"".join(parts))
 
 
-def parse_object(resp: httpx.Response, what: str) -> dict[str, Any]:
+def parse_object(resp: ReadAnswer, what: str) -> dict[str, Any]:
     """A 200 response's JSON object, or the right error (the status, or a bad body)."""
     if resp.status_code != 200:
         raise status_error(resp, what)
@@ -160,7 +211,7 @@ def parse_object(resp: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
+def parse_completion(resp: ReadAnswer, what: str) -> dict[str, Any]:
     """Turn a non-streaming upstream response into its JSON body, or the right error."""
     body = parse_object(resp, what)
     if not isinstance(body.get("choices"), list):
@@ -168,7 +219,7 @@ def parse_completion(resp: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-def status_error(resp: httpx.Response, what: str) -> UpstreamError:
+def status_error(resp: ReadAnswer, what: str) -> UpstreamError:
     """The error for a non-200 upstream answer (the body must already be read)."""
     try:
         body = resp.json()
