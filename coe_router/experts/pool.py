@@ -228,7 +228,7 @@ class ExpertPool:
                 last_line = loop.time()
                 for name in pending:
                     p = self.processes[name]
-                    log.info("expert %r: loading, %3.0f s | %s", name, p.elapsed_s, p.log_tail())
+                    log.info("expert %r: %s | %s", name, p.progress(), p.log_tail())
             await asyncio.sleep(0.5)
 
 

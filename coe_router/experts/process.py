@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -77,6 +78,8 @@ class LocalProcess:
         self.detail = "not started"
         self.log_path = settings.run_dir / f"{expert}.log"
         self.pid_path = settings.run_dir / f"{expert}.pid"
+        #: The last start's time to ready (the next start's progress estimate).
+        self.startup_path = settings.run_dir / f"{expert}.startup"
         self._proc: asyncio.subprocess.Process | None = None
         self._started_at = 0.0
         self.ready_after_s: float | None = None
@@ -101,6 +104,37 @@ class LocalProcess:
     def elapsed_s(self) -> float:
         """Seconds since start."""
         return time.monotonic() - self._started_at if self._started_at else 0.0
+
+    @property
+    def expected_s(self) -> float | None:
+        """How long the last start of this expert (same command) took to become ready, from
+        ``<run_dir>/<expert>.startup``; None before any start completed."""
+        try:
+            record = json.loads(self.startup_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("command") != self._command_key():
+            return None  # another model or other flags: that time says nothing about this one
+        seconds = record.get("seconds")
+        return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else None
+
+    def progress(self) -> str:
+        """One progress line: elapsed seconds, and the time left as the last start predicts."""
+        elapsed, expected = self.elapsed_s, self.expected_s
+        if expected is None:
+            return f"loading, {elapsed:3.0f} s (first start here: no estimate yet)"
+        left = expected - elapsed
+        if left > 0:
+            return (
+                f"loading, {elapsed:3.0f} s, about {left:.0f} s left (last start: {expected:.0f} s)"
+            )
+        return f"loading, {elapsed:3.0f} s, longer than the last start ({expected:.0f} s)"
+
+    def _command_key(self) -> str:
+        """What decides how long a start takes: the model and the server's flags (not the
+        port, which tests and restarts change)."""
+        s = self.spec
+        return json.dumps([str(self.model_path()), s.dtype, s.max_model_len, s.args])
 
     def model_path(self) -> Path:
         """The checkpoint directory: an explicit path, or a name under ``models_dir``."""
@@ -156,6 +190,10 @@ class LocalProcess:
             self.state, self.detail = "ready", ""
             self.ready_after_s = self.elapsed_s
             log.info("expert %r: ready after %.0f s", self.expert, self.ready_after_s)
+            # Kept for the next start's progress estimate; losing it only loses the estimate.
+            with contextlib.suppress(OSError):
+                record = {"seconds": round(self.ready_after_s, 1), "command": self._command_key()}
+                self.startup_path.write_text(json.dumps(record))
 
     def log_tail(self) -> str:
         """The last non-empty line of the process log (for progress display)."""
