@@ -85,6 +85,11 @@ class RequestLifecycle:
         return self._finished
 
     @property
+    def capture_limit(self) -> int | None:
+        """How much of a streamed answer to copy for the cache (None: it is not cached)."""
+        return self._services.cache.max_entry_bytes if self.cache_plan is not None else None
+
+    @property
     def counts_tokens(self) -> bool:
         """Whether the caller has a token limit (answers must then report their usage)."""
         return self._services.limiter.counts_tokens(self.caller)
@@ -192,8 +197,7 @@ class RequestLifecycle:
             self.finish(status)
 
         relay = Relay(upstream, on_first_byte=self.first_byte, on_end=end)
-        limit = self._services.cache.max_entry_bytes if self.cache_plan is not None else None
-        tap = StreamTap(relay, capture_limit=limit, hide_usage=hide_usage)
+        tap = StreamTap(relay, capture_limit=self.capture_limit, hide_usage=hide_usage)
         return tap
 
     def completed(

@@ -5,15 +5,16 @@
   a cap on one event's size;
 * :func:`data_events`: the ``data:`` payloads of an SSE byte stream;
 * :class:`Relay`: whole upstream events passed on as they complete, errors sent in-band;
-* :class:`StreamTap`: a bounded copy for the response cache and the usage for token limits,
-  read on the side without buffering the stream.
+* :class:`StreamTap`: a bounded copy (:class:`Capture`) for the response cache and the usage
+  for token limits, read on the side without buffering the stream;
+* :class:`ClosableStream`: what every stream handed to a client is.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from coe_router.closing import EndOnce
 from coe_router.errors import UpstreamBadResponse, UpstreamError
@@ -27,6 +28,41 @@ _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _OVERLAP = max(len(end) for end in _EVENT_ENDS) - 1
 #: One event's size cap when the caller gives none (``COE_UPSTREAM__MAX_EVENT_BYTES``).
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+
+class ClosableStream(Protocol):
+    """An SSE byte stream that can be stopped early: closing it releases what feeds it."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None:
+        """Stop the stream and release its upstream (idempotent)."""
+        ...
+
+
+class Capture:
+    """A copy of what a stream sent, for the response cache: nothing once it passes
+    ``limit`` bytes (too big to cache), nothing at all when ``limit`` is None."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._parts: list[bytes] | None = [] if limit is not None else None
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        """Copy ``data`` while the copy stays within the limit."""
+        if self._parts is None or self._limit is None:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._parts = None  # too big to cache: stop copying
+        else:
+            self._parts.append(data)
+
+    @property
+    def captured(self) -> bytes | None:
+        """Everything copied, or None when not capturing or over the limit."""
+        return None if self._parts is None else b"".join(self._parts)
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -166,10 +202,8 @@ class StreamTap:
 
     def __init__(self, relay: Relay, *, capture_limit: int | None, hide_usage: bool) -> None:
         self._relay = relay
-        self._limit = capture_limit
         self._hide_usage = hide_usage
-        self._parts: list[bytes] | None = [] if capture_limit is not None else None
-        self._size = 0
+        self._capture = Capture(capture_limit)
         #: ``usage.total_tokens`` of the stream, once its usage chunk went by.
         self.tokens: int | None = None
         self._events = self._run()
@@ -177,7 +211,7 @@ class StreamTap:
     @property
     def captured(self) -> bytes | None:
         """Everything sent to the client, or None when not capturing or over the limit."""
-        return None if self._parts is None else b"".join(self._parts)
+        return self._capture.captured
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._events
@@ -191,12 +225,7 @@ class StreamTap:
         async for data in self._relay:
             if b'"usage"' in data:
                 data = self._read_usage(data)
-            if self._parts is not None and self._limit is not None:
-                self._size += len(data)
-                if self._size > self._limit:
-                    self._parts = None  # too big to cache: stop copying
-                else:
-                    self._parts.append(data)
+            self._capture.add(data)
             if data:
                 yield data
 

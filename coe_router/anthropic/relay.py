@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 from coe_router.anthropic.stream import MessageStream
 from coe_router.closing import EndOnce
@@ -24,20 +24,10 @@ from coe_router.errors import UpstreamBadResponse
 from coe_router.experts.expert import UpstreamStream
 from coe_router.lifecycle import RequestLifecycle
 from coe_router.shared.cache import CachedAnswer
-from coe_router.sse import Relay, data_events
+from coe_router.sse import Capture, ClosableStream, Relay, data_events
 
 
-class ByteStream(Protocol):
-    """An SSE byte stream that can be stopped early."""
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None:
-        """Stop it and release what feeds it."""
-        ...
-
-
-async def parsed_chunks(stream: ByteStream) -> AsyncGenerator[dict[str, Any], None]:
+async def parsed_chunks(stream: ClosableStream) -> AsyncGenerator[dict[str, Any], None]:
     """The JSON objects of an OpenAI SSE stream, up to ``[DONE]``; then the rest of the
     stream is read too, so its producer sees it end (and reports its outcome)."""
     async for data in data_events(stream):
@@ -55,7 +45,9 @@ class TranslatedStream:
     """An OpenAI SSE stream (a synthesis answer) as Anthropic events; closing it closes
     the inner stream, whose producer does the bookkeeping."""
 
-    def __init__(self, inner: ByteStream, *, model: str, stop_sequences: list[str] | None) -> None:
+    def __init__(
+        self, inner: ClosableStream, *, model: str, stop_sequences: list[str] | None
+    ) -> None:
         self._inner = inner
         self.messages = MessageStream(
             parsed_chunks(inner), model=model, stop_sequences=stop_sequences
@@ -87,9 +79,7 @@ class MessagesRelay:
     ) -> None:
         self._lifecycle = lifecycle
         self._routing_headers = routing_headers
-        self._limit = capture_limit
-        self._parts: list[bytes] | None = [] if capture_limit is not None else None
-        self._size = 0
+        self._capture = Capture(capture_limit)
         self._outcome = "499"
         self._finish = EndOnce(self._close_all, self._settle)
         self._relay = Relay(upstream, on_first_byte=lifecycle.first_byte, on_end=self._relay_end)
@@ -112,12 +102,7 @@ class MessagesRelay:
     async def _run(self) -> AsyncGenerator[bytes, None]:
         try:
             async for event in self.messages:
-                if self._parts is not None and self._limit is not None:
-                    self._size += len(event)
-                    if self._size > self._limit:
-                        self._parts = None  # too big to cache: stop copying
-                    else:
-                        self._parts.append(event)
+                self._capture.add(event)
                 yield event
         finally:
             await self._finish()
@@ -137,7 +122,7 @@ class MessagesRelay:
             status = "499"  # the client left before the end of the message
         if status == "200":
             self._lifecycle.charge(self.messages.usage_in + self.messages.usage_out)
-            if self._parts is not None:
-                body = b"".join(self._parts)
+            body = self._capture.captured
+            if body is not None:
                 self._lifecycle.fill(CachedAnswer("sse", self._routing_headers, body))
         self._lifecycle.finish(status)

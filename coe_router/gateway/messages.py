@@ -96,10 +96,9 @@ async def _answer(
             streamed, routing = await ask_expert(
                 request, ctx, admitted, req.model, forward, stream=True
             )
-            limit = ctx.shared.cache.max_entry_bytes if lifecycle.cache_plan is not None else None
             relay = MessagesRelay(
                 streamed.value, lifecycle, model=req.model, stop_sequences=req.stop_sequences,
-                routing_headers=routing, capture_limit=limit,
+                routing_headers=routing, capture_limit=lifecycle.capture_limit,
             )  # fmt: skip
             return SSEResponse(relay, headers={**routing, **headers})
         answered, routing = await ask_expert(

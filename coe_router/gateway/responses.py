@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Protocol
+from collections.abc import AsyncGenerator, Mapping
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from coe_router.shared.cache import CachedAnswer
+from coe_router.sse import ClosableStream
 
 #: What every stream sends: no caching, and no buffering by proxies (nginx honours this).
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-class ClosableStream(Protocol):
-    """An SSE body that can be stopped early: closing it releases what feeds it."""
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None:
-        """Stop the stream and release its upstream (idempotent)."""
-        ...
 
 
 class SSEResponse(StreamingResponse):
