@@ -19,7 +19,7 @@ from coe_router.aggregation.strategies import STRATEGIES
 from coe_router.config import SynthesisSettings
 from coe_router.experts.expert import ExpertClient
 from coe_router.lifecycle import RequestLifecycle
-from coe_router.protocol import ChatCompletionRequest, usage_tokens
+from coe_router.protocol import ChatCompletionRequest
 from coe_router.routing.base import RoutingDecision
 from coe_router.sse import DONE, sse_event
 
@@ -82,7 +82,7 @@ class Synthesis:
     def _usage(self, merge: Merge) -> dict[str, int]:
         """Every call's usage summed; charged to the caller's token limit here, once."""
         usage = total_usage(merge.answers, merge.usage)
-        self.lifecycle.charge(usage_tokens({"usage": usage}))
+        self.lifecycle.charge(usage["total_tokens"])
         return usage
 
     async def complete(self) -> dict[str, Any]:
