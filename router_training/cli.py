@@ -21,7 +21,7 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import replay
+from router_training import realprompts, replay
 from router_training.data import DataError, Example, read_jsonl, write_jsonl
 
 DEFAULT_CACHE = Path(".cache/router_data")
@@ -161,6 +161,8 @@ def _print_report(r: dict[str, Any]) -> None:
             )
     for source, acc in r.get("per_source_accuracy", {}).items():
         print(f"  source {source:<14} accuracy {acc:.3f}")
+    for lang, m in r.get("per_language", {}).items():
+        print(f"  language {lang:<12} accuracy {m['accuracy']:.3f} (n={m['n']})")
     if r.get("quality_vs_cost"):
         print(f"{'system':<12} {'quality':>8} {'cost':>6}")
         for row in r["quality_vs_cost"]:
@@ -232,7 +234,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import build_default
+    from router_training.default import READ_WEIGHTS, build_default
     from router_training.fit import FitConfig
 
     started = time.monotonic()
@@ -245,7 +247,8 @@ def cmd_build_default(a: argparse.Namespace) -> int:
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
     c = a.C if a.C is not None else default_c(a.encoder)
-    build_default(a.output, a.cache, factory, spec, FitConfig(C=c), log=_log)
+    config = FitConfig(C=c, source_weights=READ_WEIGHTS, traffic_prior_source="sharegpt-read")
+    build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")
     return 0
 
@@ -274,6 +277,10 @@ def cmd_export_data(a: argparse.Namespace) -> int:
 
     if a.source == "sharegpt-hand":
         rows = sharegpt_hand_labelled(a.cache)
+    elif a.source in ("sharegpt-heldout", "sharegpt-read"):
+        from router_training.realprompts import labelled
+
+        rows = labelled(a.cache, "heldout" if a.source == "sharegpt-heldout" else "train")
     elif a.source == "profiling":
         rows = profiling_examples(a.cache, a.per_source)
     elif a.source == "all":
@@ -283,7 +290,8 @@ def cmd_export_data(a: argparse.Namespace) -> int:
     else:
         raise ConfigError(
             f"unknown source {a.source!r} "
-            f"(known: all, profiling, sharegpt-hand, {', '.join(SOURCES)})"
+            "(known: all, profiling, sharegpt-hand, sharegpt-heldout, sharegpt-read, "
+            f"{', '.join(SOURCES)})"
         )
     _log(f"wrote {write_jsonl(a.output, rows)} examples to {a.output}")
     return 0
@@ -387,7 +395,11 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(run=cmd_distill_encoder)
 
     x = sub.add_parser("export-data", help="write a public source as labelled JSONL")
-    x.add_argument("source", help="all, profiling, sharegpt-hand, or a source name")
+    x.add_argument(
+        "source",
+        help="all, profiling, sharegpt-hand, sharegpt-heldout (the frozen real-prompt set), "
+        "sharegpt-read (read-labelled training turns), or a source name",
+    )
     x.add_argument("-o", "--output", type=Path, required=True)
     x.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     x.add_argument("--per-source", type=int, default=20, help="profiling: rows per source")
@@ -396,6 +408,10 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")
     replay.add_arguments(r)
     r.set_defaults(run=replay.cmd_replay)
+
+    rp = sub.add_parser("real-prompts", help="read-labelled ShareGPT sets: counts, agreement")
+    realprompts.add_arguments(rp)
+    rp.set_defaults(run=realprompts.cmd_real_prompts)
     return p
 
 

@@ -78,11 +78,37 @@ def evaluate(
         report["per_source_accuracy"] = {
             s: round(float(np.mean(v)), 4) for s, v in sorted(per_source.items())
         }
+    report["per_language"] = per_language(examples, predicted)
     if catalog is not None:
         table = quality_cost(examples, decisions, catalog, profiles)
         if table:
             report["quality_vs_cost"] = table
     return report
+
+
+def per_language(examples: Sequence[Example], predicted: Sequence[str]) -> dict[str, Any]:
+    """Accuracy per detected language (``extra["lang"]`` when given): English, every
+    language with at least 10 examples, the rest pooled as ``other``, and all non-English
+    together as ``non-en``."""
+    from router_training.realprompts import language
+
+    hits: dict[str, list[bool]] = {}
+    for ex, p in zip(examples, predicted, strict=True):
+        lang = str(ex.extra.get("lang") or language(ex.prompt))
+        hits.setdefault(lang, []).append(p == ex.category)
+    out: dict[str, Any] = {}
+    other: list[bool] = []
+    for lang, v in sorted(hits.items(), key=lambda kv: -len(kv[1])):
+        if lang == "en" or len(v) >= 10:
+            out[lang] = {"n": len(v), "accuracy": round(float(np.mean(v)), 4)}
+        else:
+            other += v
+    if other:
+        out["other"] = {"n": len(other), "accuracy": round(float(np.mean(other)), 4)}
+    foreign = [h for lang, v in hits.items() if lang != "en" for h in v]
+    if foreign:
+        out["non-en"] = {"n": len(foreign), "accuracy": round(float(np.mean(foreign)), 4)}
+    return out
 
 
 def _count(items: Any) -> dict[str, int]:

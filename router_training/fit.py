@@ -13,7 +13,7 @@ import itertools
 import platform
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -39,6 +39,13 @@ class FitConfig:
     #: Confidence under which the generalist answers (a calibrated probability).
     fallback_threshold: float = 0.5
     fit_skills: bool = True
+    #: Per-source sample weights (unlisted sources weigh 1): in-distribution requests
+    #: count more than benchmark questions.
+    source_weights: dict[str, float] = field(default_factory=dict)
+    #: A source whose label distribution is the expected traffic. The classifier is
+    #: trained class-balanced; adding log(prior) to its intercepts turns that into the
+    #: traffic's odds (most real requests are code, writing or general, few are law).
+    traffic_prior_source: str | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -81,13 +88,18 @@ def fit_temperature(logits: Array, y: NDArray[np.int64]) -> float:
 
 
 def train_classifier(
-    x: Array, y: NDArray[np.int64], n_classes: int, c: float, seed: int
+    x: Array,
+    y: NDArray[np.int64],
+    n_classes: int,
+    c: float,
+    seed: int,
+    weights: NDArray[np.float64] | None = None,
 ) -> tuple[Array, Array]:
     """(coef, intercept) of a class-balanced multinomial logistic regression."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
-    clf.fit(x, y)
+    clf.fit(x, y, sample_weight=weights)
     coef = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
     intercept = np.full(n_classes, -30.0, dtype=np.float32)  # classes absent from training
     coef[clf.classes_] = clf.coef_
@@ -135,7 +147,13 @@ def fit(
         raise ValueError(f"categories not in the label set: {unknown}")
     y = np.array([index[e.category] for e in examples], dtype=np.int64)
     tr, va = _split(y, config.val_fraction, config.seed)
-    coef, intercept = train_classifier(x[tr], y[tr], len(labels), config.C, config.seed)
+    weights = np.array([config.source_weights.get(e.source, 1.0) for e in examples])
+    coef, intercept = train_classifier(
+        x[tr], y[tr], len(labels), config.C, config.seed, weights[tr]
+    )
+    prior = traffic_prior(examples, labels, config.traffic_prior_source)
+    if prior is not None:
+        intercept = (intercept + np.log(prior)).astype(np.float32)
     val_logits = x[va] @ coef.T + intercept
     temperature = fit_temperature(val_logits, y[va])
     metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
@@ -175,6 +193,13 @@ def fit(
         "fit": {
             "classifier": "sklearn LogisticRegression(multinomial, class_weight=balanced)",
             "C": config.C,
+            "source_weights": config.source_weights,
+            "traffic_prior": None
+            if prior is None
+            else {
+                "source": config.traffic_prior_source,
+                "prior": {c: round(float(p), 4) for c, p in zip(labels, prior, strict=True)},
+            },
             "val_fraction": config.val_fraction,
             "seed": config.seed,
         },
@@ -195,6 +220,20 @@ def fit(
         manifest["skill_categories"] = {s: c.most_common(1)[0][0] for s, c in majority.items()}
         manifest["calibration"]["skill_temperature"] = 1.0
     return RouterArtifact(manifest=manifest, arrays=arrays)
+
+
+def traffic_prior(
+    examples: Sequence[Example], labels: Sequence[str], source: str | None
+) -> NDArray[np.float64] | None:
+    """Label shares of ``source``'s examples (add-one smoothed), or None without one."""
+    if source is None:
+        return None
+    counts = Counter(e.category for e in examples if e.source == source)
+    if not counts:
+        raise ValueError(f"traffic prior: no examples from source {source!r}")
+    raw = np.array([counts[c] + 1.0 for c in labels])
+    prior: NDArray[np.float64] = raw / raw.sum()
+    return prior
 
 
 def expected_calibration_error(

@@ -305,13 +305,20 @@ def sharegpt_is_check(conversation_id: str) -> bool:
 
 
 def sharegpt(
-    cache: Path, cap: int = 5000, seed: int = 0, stats: RuleStats | None = None
+    cache: Path,
+    cap: int = 5000,
+    seed: int = 0,
+    stats: RuleStats | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> list[Example]:
-    """ShareGPT first turns (deduplicated, 20-20k chars), rule-labelled; check ids excluded."""
+    """ShareGPT first turns (deduplicated, 20-20k chars), rule-labelled; check ids and
+    ``exclude`` left out."""
     seen: set[str] = set()
     texts = []
     for cid, text in sharegpt_first_turns(cache):
-        if sharegpt_is_check(cid) or text in seen or not 20 <= len(text) <= 20000:
+        if sharegpt_is_check(cid) or cid in exclude or text in seen:
+            continue
+        if not 20 <= len(text) <= 20000:
             continue
         seen.add(text)
         texts.append((cid, text))
@@ -383,6 +390,11 @@ def profiling_examples(cache: Path, per_source: int = 20, seed: int = 0) -> list
 
 
 HAND_LABELS = Path(__file__).parent / "checks" / "sharegpt_hand_labels.json"
+
+
+def sharegpt_hand_ids() -> list[str]:
+    """The ids of the hand-labelled reserved turns."""
+    return list(json.loads(HAND_LABELS.read_text(encoding="utf-8"))["labels"])
 
 
 def sharegpt_hand_labelled(cache: Path) -> list[Example]:

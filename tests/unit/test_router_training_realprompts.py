@@ -1,0 +1,40 @@
+"""Per-language accuracy and the agreement of the two labelling procedures."""
+
+from __future__ import annotations
+
+from router_training.data import Example
+from router_training.evaluate import per_language
+from router_training.realprompts import agreement, language
+
+
+def test_language_detection_needs_no_download() -> None:
+    assert language("How do I reverse a list in Python?") == "en"
+    assert language("Écris-moi un poème sur la mer, s'il te plaît.") == "fr"
+    assert language("写一个关于护士的故事") == "zh"
+
+
+def test_per_language_pools_small_languages_and_reports_non_english() -> None:
+    rows = [Example("x", "code", extra={"lang": "en"}) for _ in range(4)]
+    rows += [Example("x", "code", extra={"lang": "zh"}) for _ in range(10)]
+    rows += [Example("x", "math", extra={"lang": "ko"}) for _ in range(2)]
+    predicted = ["code", "code", "code", "math"] + ["code"] * 5 + ["math"] * 5 + ["math", "x"]
+    out = per_language(rows, predicted)
+    assert out["en"] == {"n": 4, "accuracy": 0.75}
+    assert out["zh"] == {"n": 10, "accuracy": 0.5}
+    assert out["other"] == {"n": 2, "accuracy": 0.5}
+    assert "ko" not in out
+    assert out["non-en"] == {"n": 12, "accuracy": 0.5}
+
+
+def test_agreement_counts_only_what_the_rules_decide() -> None:
+    rows = [
+        Example("write a python function to sort a list", "code"),
+        Example("write a poem about the sea", "writing"),
+        Example("write a poem about the sea, in python", "writing"),  # rules: code
+        Example("symptoms of the flu and the history of the law court", "medicine"),  # ambiguous
+    ]
+    out = agreement(rows)
+    assert out["n"] == 4
+    assert out["rules_decided"] == 3
+    assert out["agreement"] == round(2 / 3, 4)
+    assert out["confusions"] == [("writing->code", 1)]
