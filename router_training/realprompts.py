@@ -125,9 +125,11 @@ def labelled(cache: Path, split: Split) -> list[Example]:
 
 def agreement(rows: list[Example]) -> dict[str, Any]:
     """Read labels against the cue rules: coverage (the rules decide), agreement where
-    they decide, and per category (rules-decided rows with that read label)."""
-    decided = [(e.category, rule_label(e.prompt)[0]) for e in rows]
-    decided = [(r, c) for r, c in decided if c is not None]
+    they decide, where a cue fired (not the "no cue means general" default), and per
+    category (rules-decided rows with that read label)."""
+    ruled = [(e.category, *rule_label(e.prompt)) for e in rows]
+    decided = [(r, c) for r, c, _why in ruled if c is not None]
+    cued = [(r, c) for r, c, why in ruled if c is not None and why != "no cue"]
     per: dict[str, list[bool]] = {}
     for read, rule in decided:
         per.setdefault(read, []).append(read == rule)
@@ -135,6 +137,8 @@ def agreement(rows: list[Example]) -> dict[str, Any]:
         "n": len(rows),
         "rules_decided": len(decided),
         "agreement": round(sum(r == c for r, c in decided) / max(len(decided), 1), 4),
+        "with_a_cue": len(cued),
+        "agreement_with_a_cue": round(sum(r == c for r, c in cued) / max(len(cued), 1), 4),
         "per_category": {c: round(sum(v) / len(v), 3) for c, v in sorted(per.items())},
         "confusions": Counter(f"{r}->{c}" for r, c in decided if r != c).most_common(8),
     }

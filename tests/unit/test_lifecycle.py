@@ -41,9 +41,7 @@ def samples(client: httpx.AsyncClient, name: str) -> dict[tuple[tuple[str, str],
 
 def total(client: httpx.AsyncClient, name: str, **labels: str) -> float:
     """The sum of ``name`` over the samples whose labels include ``labels``."""
-    return sum(
-        v for k, v in samples(client, name).items() if set(labels.items()) <= set(k)
-    )
+    return sum(v for k, v in samples(client, name).items() if set(labels.items()) <= set(k))
 
 
 async def settle(client: httpx.AsyncClient) -> None:

@@ -38,3 +38,5 @@ def test_agreement_counts_only_what_the_rules_decide() -> None:
     assert out["rules_decided"] == 3
     assert out["agreement"] == round(2 / 3, 4)
     assert out["confusions"] == [("writing->code", 1)]
+    assert out["with_a_cue"] == 3
+    assert out["agreement_with_a_cue"] == round(2 / 3, 4)
