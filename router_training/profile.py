@@ -64,7 +64,7 @@ def committed_letter(response: str) -> str | None:
         return str(stated[-1]).upper()
     leading = {m.upper() for m in _LEADING.findall(response)}
     if len(leading) == 1:
-        return leading.pop()
+        return str(leading.pop())
     return None
 
 
