@@ -93,26 +93,32 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
-def _router(a: argparse.Namespace, catalog: Any) -> Any:
+def _router(a: argparse.Namespace, catalog: Any, cost_weight: float | None = None) -> Any:
     from coe_router.routing.base import ROUTER_CLS, build_router
 
     if a.router is None:
         spec = catalog.virtual_model(a.model)
         if spec is None:
             raise ConfigError(f"the catalog has no virtual model {a.model!r}")
-        _log(f"evaluating the gateway's router for {a.model!r}: {spec.router} {spec.options}")
+        if cost_weight is not None:
+            spec = spec.model_copy(update={"options": {**spec.options, "cost_weight": cost_weight}})
+        else:
+            _log(f"evaluating the gateway's router for {a.model!r}: {spec.router} {spec.options}")
         return build_router(spec, catalog)
     options: dict[str, Any] = {"artifact": str(a.router)}
     if a.profiles:
         options["profiles"] = str(a.profiles)
     if a.threshold is not None:
         options["threshold"] = a.threshold
+    weight = cost_weight if cost_weight is not None else a.cost_weight
+    if weight is not None:
+        options["cost_weight"] = weight
     return ROUTER_CLS[a.strategy](catalog, options)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from coe_router.routing.artifact import ExpertProfiles
-    from router_training.evaluate import evaluate
+    from router_training.evaluate import dominating, evaluate
     from router_training.taxonomy import CATEGORIES
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,6 +136,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         profiles=profiles,
         progress=not a.quiet,
     )
+    table = report.get("quality_vs_cost")
+    if table and a.cost_weights:
+        # The same router with other cost weights: the routed points of the trade-off.
+        for weight in (float(w) for w in a.cost_weights.split(",")):
+            other = evaluate(
+                _router(a, catalog, weight),
+                examples,
+                labels=CATEGORIES,
+                catalog=catalog,
+                profiles=profiles,
+                progress=False,
+            )["quality_vs_cost"][0]
+            other["system"] = f"routed w={weight:g}"
+            table.insert(-1, other)
+    if table:
+        report["dominated_by"] = dominating(table)
     if a.out:
         from router_training.plots import confusion_png, quality_cost_png
 
@@ -164,9 +186,16 @@ def _print_report(r: dict[str, Any]) -> None:
     for lang, m in r.get("per_language", {}).items():
         print(f"  language {lang:<12} accuracy {m['accuracy']:.3f} (n={m['n']})")
     if r.get("quality_vs_cost"):
-        print(f"{'system':<12} {'quality':>8} {'cost':>6}")
+        print(f"{'system':<16} {'quality':>8} {'cost':>6} {'s/request':>10}")
         for row in r["quality_vs_cost"]:
-            print(f"{row['system']:<12} {row['quality']:>8.3f} {row['cost']:>6.2f}")
+            secs = f"{row['seconds']:>10.2f}" if "seconds" in row else f"{'-':>10}"
+            print(f"{row['system']:<16} {row['quality']:>8.3f} {row['cost']:>6.2f} {secs}")
+        worse = r.get("dominated_by") or []
+        print(
+            "routed is dominated by: " + ", ".join(worse)
+            if worse
+            else "no single expert is at least as good and at least as cheap as routed"
+        )
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
@@ -212,10 +241,24 @@ def cmd_profile(a: argparse.Namespace) -> int:
     examples = _read(a.data, a.skip_bad)
     catalog = _catalog(a.catalog)
     experts = a.experts.split(",") if a.experts else None
+    answers: list[dict[str, str]] = [{} for _ in examples]
     profiles, per_example = asyncio.run(
-        run_profiles(catalog, examples, experts, max_tokens=a.max_tokens, concurrency=a.concurrency)
+        run_profiles(
+            catalog,
+            examples,
+            experts,
+            max_tokens=a.max_tokens,
+            concurrency=a.concurrency,
+            responses=answers if a.responses else None,
+        )
     )
     a.output.mkdir(parents=True, exist_ok=True)
+    if a.keep:
+        profiles, per_example = _keep_other_experts(a.output, examples, profiles, per_example)
+    if a.responses:
+        with a.responses.open("w", encoding="utf-8") as out:
+            for ex, got in zip(examples, answers, strict=True):
+                out.write(json.dumps({"prompt": ex.prompt, "responses": got}) + "\n")
     (a.output / "profiles.json").write_text(json.dumps(profiles, indent=1) + "\n")
     write_scores(a.output / "scores.jsonl", examples, per_example)
     if a.artifact:
@@ -231,6 +274,26 @@ def cmd_profile(a: argparse.Namespace) -> int:
         print(f"{name:<12} p50 {p['latency_ms_p50']} ms  errors {p['errors']}  {cats}")
     _log(f"wrote {a.output}/profiles.json and scores.jsonl")
     return 0
+
+
+def _keep_other_experts(
+    out: Path, examples: Sequence[Example], profiles: dict[str, Any], per_example: list[Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """``--keep``: the experts this run did not profile keep their results from the
+    previous run in ``out`` (same data, same order), so one expert can be re-profiled."""
+    old = json.loads((out / "profiles.json").read_text(encoding="utf-8"))
+    rows, _ = read_jsonl(out / "scores.jsonl")
+    if [r.prompt for r in rows] != [e.prompt for e in examples]:
+        raise ValueError(f"--keep: {out}/scores.jsonl is not for the same data")
+    fresh = set(profiles["experts"])
+    merged = {k: v for k, v in old["experts"].items() if k not in fresh}
+    profiles["experts"] = {**merged, **profiles["experts"]}
+    profiles["runs"] = [*old.get("runs", [old.get("run")]), profiles.pop("run")]
+    kept = [
+        {**{k: v for k, v in r.scores.items() if k not in fresh}, **now}
+        for r, now in zip(rows, per_example, strict=True)
+    ]
+    return profiles, kept
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
@@ -282,7 +345,7 @@ def cmd_export_data(a: argparse.Namespace) -> int:
 
         rows = labelled(a.cache, "heldout" if a.source == "sharegpt-heldout" else "train")
     elif a.source == "profiling":
-        rows = profiling_examples(a.cache, a.per_source)
+        rows = profiling_examples(a.cache, a.per_source, per_category=a.per_category)
     elif a.source == "all":
         rows = [e for loader in SOURCES.values() for e in loader(a.cache)]
     elif a.source in SOURCES:
@@ -344,6 +407,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="coe", help="virtual model, without --router")
     e.add_argument("--profiles", type=Path, help="profiles.json for the quality/cost table")
     e.add_argument("--threshold", type=float, help="override the fallback threshold")
+    e.add_argument("--cost-weight", type=float, help="with --router: quality per unit of cost")
+    e.add_argument(
+        "--cost-weights",
+        help="comma-separated: also route with each cost weight (rows 'routed w=...')",
+    )
     e.add_argument("--out", type=Path, help="directory for confusion.png and report.json")
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -367,6 +435,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--artifact", type=Path, help="also write retriever pilots.npz")
     pr.add_argument("--max-tokens", type=int, default=512)
     pr.add_argument("--concurrency", type=int, default=4)
+    pr.add_argument("--responses", type=Path, help="also write each answer here (JSONL)")
+    pr.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the other experts' results already in the output dir (re-profile some)",
+    )
     pr.set_defaults(run=cmd_profile)
 
     b = sub.add_parser("build-default", help="the default router from public data")
@@ -403,6 +477,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", type=Path, required=True)
     x.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     x.add_argument("--per-source", type=int, default=20, help="profiling: rows per source")
+    x.add_argument("--per-category", type=int, default=15, help="profiling: MMLU rows per category")
     x.set_defaults(run=cmd_export_data)
 
     r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")

@@ -128,10 +128,13 @@ def quality_cost(
 
     Quality of an expert on an example is the example's ``scores[expert]`` when given,
     else the profiled score of the expert on the example's category. Examples with no
-    quality for some expert are left out of the table (and counted in ``n``).
+    quality for some expert are left out of the table (and counted in ``n``). ``cost`` is
+    the catalog's cost per request; with profiles that measured it, ``seconds`` is the
+    mean measured seconds per request of the experts picked.
     """
     experts = [e.name for e in catalog.experts]
     cost = {e.name: e.cost for e in catalog.experts}
+    seconds = profiles.seconds if profiles is not None else {}
     rows_q: list[dict[str, float]] = []
     routed: list[str] = []
     for ex, d in zip(examples, decisions, strict=True):
@@ -150,12 +153,15 @@ def quality_cost(
 
     def row(name: str, picks: list[str]) -> dict[str, Any]:
         quality = sum(q[p] for q, p in zip(rows_q, picks, strict=True)) / n
-        return {
+        out: dict[str, Any] = {
             "system": name,
             "quality": round(quality, 4),
             "cost": round(sum(cost[p] for p in picks) / n, 4),
             "n": n,
         }
+        if all(e in seconds for e in experts):
+            out["seconds"] = round(sum(seconds[p] for p in picks) / n, 3)
+        return out
 
     table = [row("routed", routed)]
     table += [row(e, [e] * n) for e in experts]
@@ -163,3 +169,24 @@ def quality_cost(
     oracle = [max(experts, key=lambda e, q=q: (q[e], -cost[e])) for q in rows_q]  # type: ignore[misc]
     table.append(row("oracle", oracle))
     return table
+
+
+def dominating(table: Sequence[dict[str, Any]], system: str = "routed") -> list[str]:
+    """The single experts of a quality-vs-cost table that are at least as good and at
+    least as cheap as ``system``, and strictly better on one of the two (empty: ``system``
+    is on the frontier against every single expert). Checked on ``cost`` and, where the
+    rows have it, on measured ``seconds``."""
+    rows = {r["system"]: r for r in table}
+    if system not in rows:
+        return []
+    me = rows[system]
+    keys = ["cost"] + (["seconds"] if "seconds" in me else [])
+    out = []
+    for name, r in rows.items():
+        if name == system or name == "oracle" or name.startswith("routed"):
+            continue
+        for key in keys:
+            no_worse = r["quality"] >= me["quality"] and r[key] <= me[key]
+            if no_worse and (r["quality"] > me["quality"] or r[key] < me[key]):
+                out.append(f"{name} ({key})")
+    return out

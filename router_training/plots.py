@@ -42,24 +42,39 @@ def confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str], pat
 
 
 def quality_cost_png(table: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Each system (routed, single experts, oracle) as a point: cost vs quality."""
+    """Each system (routed, single experts, oracle) as a point: cost vs quality; a second
+    panel against measured seconds per request when the rows have them."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for row in table:
-        marker = {"routed": "*", "oracle": "D"}.get(row["system"], "o")
-        ax.scatter(row["cost"], row["quality"], marker=marker, s=120 if marker == "*" else 50)
-        ax.annotate(
-            row["system"],
-            (row["cost"], row["quality"]),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=8,
-        )
-    ax.set_xlabel("mean cost per request")
-    ax.set_ylabel("mean quality")
-    ax.grid(alpha=0.3)
+    axes_keys = [("cost", "mean cost per request (catalog)")]
+    if all("seconds" in row for row in table):
+        axes_keys.append(("seconds", "mean seconds per request (measured)"))
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(5 * len(axes_keys), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], axes_keys, strict=True):
+        # Routed with other cost weights: a dashed trade-off line, labelled by weight only.
+        sweep = sorted((r for r in table if str(r["system"]).startswith("routed w=")),
+                       key=lambda r: r[key])  # fmt: skip
+        if sweep:
+            ax.plot([r[key] for r in sweep], [r["quality"] for r in sweep], "--", color="grey",
+                    marker=".", lw=0.8)  # fmt: skip
+            for r in sweep:
+                ax.annotate(str(r["system"]).removeprefix("routed "), (r[key], r["quality"]),
+                            textcoords="offset points", xytext=(3, -10), fontsize=6,
+                            color="grey")  # fmt: skip
+        for row in table:
+            name = str(row["system"])
+            if name.startswith("routed w="):
+                continue
+            marker = "*" if name == "routed" else "D" if name == "oracle" else "o"
+            ax.scatter(row[key], row["quality"], marker=marker, s=120 if marker == "*" else 50)
+            ax.annotate(
+                name, (row[key], row["quality"]), textcoords="offset points", xytext=(5, 5),
+                fontsize=8,
+            )  # fmt: skip
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean quality")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

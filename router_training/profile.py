@@ -6,11 +6,17 @@ Experts are called through the gateway's own clients (:class:`ExpertPool` with
 * ``answer`` a letter A-E: exact match with the letter the answer commits to;
 * ``answer`` a number: exact match with the answer's final number;
 * ``test`` + ``entry_point`` (HumanEval style): the completion is run against the unit
-  tests in a subprocess with a timeout.
+  tests in a subprocess with a timeout;
+* ``instructions`` + ``kwargs`` (IFEval style): the share of verifiable instructions
+  followed (:mod:`router_training.rubric`).
+
+An example may carry its own completion budget, ``extra["max_tokens"]`` (capped by the
+run's ``max_tokens``).
 
 Output: ``profiles.json`` (per expert: score per category and per skill, latency p50/p99,
-cost) that the category/skill routers read, per-example scores (JSONL, the ``scores``
-field that ``evaluate`` uses for the quality-vs-cost table) and, with an artifact,
+cost, and what a request measured: seconds and tokens) that the category/skill routers
+read, per-example scores (JSONL, the ``scores`` field that ``evaluate`` uses for the
+quality-vs-cost table) and, with an artifact,
 ``pilots.npz``: per expert, the centroid of the prompts it did best on (RouterRetriever).
 """
 
@@ -39,19 +45,32 @@ from coe_router.experts.pool import ExpertPool
 from coe_router.metrics import Metrics
 from router_training.data import Example
 from router_training.metrics import percentile_ms
+from router_training.rubric import score_rubric
 
-_LETTER = re.compile(
-    r"(?:answer(?: is)?|option)\s*[:\-]?\s*\(?([A-E])\b|^\s*\(?([A-E])[\).:\s]",
-    re.IGNORECASE | re.MULTILINE,
-)
+_STATED = re.compile(r"(?:answer|option|choice)(?: is)?\s*[:\-]?\s*\(?\**([A-E])\b", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_LEADING = re.compile(r"^\s*\**\(?([A-E])(?:[\).:*]|[ \t]*$)", re.MULTILINE)
+
+
+def committed_letter(response: str) -> str | None:
+    """The option letter a response commits to, or None.
+
+    A stated answer ("the answer is D", "Answer: (B)") wins, the last one if several;
+    else the letter that starts lines, when only one letter does: a response that
+    lists the options back ("A. ...\nB. ...") commits to none of them.
+    """
+    stated = _STATED.findall(response)
+    if stated:
+        return str(stated[-1]).upper()
+    leading = {m.upper() for m in _LEADING.findall(response)}
+    if len(leading) == 1:
+        return str(leading.pop())
+    return None
 
 
 def score_letter(answer: str, response: str) -> float:
-    """1.0 when the response commits to the right option letter."""
-    m = _LETTER.search(response)
-    letter = (m.group(1) or m.group(2)) if m else response.strip()[:1]
-    return float(letter.upper() == answer.strip().upper())
+    """1.0 when the response commits to the right option letter (:func:`committed_letter`)."""
+    return float(committed_letter(response) == answer.strip().upper())
 
 
 def score_number(answer: str, response: str) -> float:
@@ -96,6 +115,8 @@ def score_code(
 def score(example: Example, response: str) -> float | None:
     """The score of ``response`` for ``example``, or None when it has no reference."""
     extra = example.extra
+    if "instructions" in extra:
+        return score_rubric(response, list(extra["instructions"]), list(extra["kwargs"]))
     if "test" in extra and "entry_point" in extra:
         return score_code(example.prompt, response, str(extra["test"]), str(extra["entry_point"]))
     answer = extra.get("answer")
@@ -114,15 +135,18 @@ async def run_profiles(
     max_tokens: int = 512,
     concurrency: int = 4,
     transport: httpx.AsyncBaseTransport | None = None,
+    responses: list[dict[str, str]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Run and score; returns (profiles JSON, per-example expert scores).
 
-    ``transport`` replaces the network (tests).
+    ``transport`` replaces the network (tests); ``responses``, one dict per example,
+    receives each expert's answer text (for auditing the scorers).
     """
     settings = Settings(local=LocalSettings(launch=False))
     names = list(experts or [e.name for e in catalog.experts])
     per_example: list[dict[str, float]] = [{} for _ in examples]
     latency: dict[str, list[float]] = defaultdict(list)
+    tokens: dict[str, list[tuple[int, int]]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     gate = asyncio.Semaphore(concurrency)
     async with ExpertPool(catalog, settings, Metrics(), transport=transport) as pool:
@@ -134,7 +158,7 @@ async def run_profiles(
             body = {
                 "model": client.spec.served_model_name,
                 "temperature": 0,
-                "max_tokens": max_tokens,
+                "max_tokens": min(max_tokens, int(examples[i].extra.get("max_tokens", max_tokens))),
                 "messages": [{"role": "user", "content": examples[i].prompt}],
             }
             async with gate:
@@ -146,7 +170,13 @@ async def run_profiles(
                     bar.update()
                     return
                 latency[name].append(time.perf_counter() - start)
+            usage = result.get("usage") or {}
+            tokens[name].append(
+                (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            )
             text = str(result["choices"][0]["message"].get("content") or "")
+            if responses is not None:
+                responses[i][name] = text
             got = await asyncio.to_thread(score, examples[i], text)
             if got is not None:
                 per_example[i][name] = got
@@ -157,7 +187,20 @@ async def run_profiles(
                 raise ValueError(f"expert {name!r} is not in the catalog")
             with tqdm(total=len(examples), desc=f"profiling {name}", unit="req") as bar:
                 await asyncio.gather(*(one(i, name, bar) for i in range(len(examples))))
-    return _aggregate(catalog, names, examples, per_example, latency, errors), per_example
+    profiles = _aggregate(catalog, names, examples, per_example, latency, errors)
+    for name in names:
+        done = tokens.get(name) or [(0, 0)]
+        profiles["experts"][name]["seconds_per_request"] = round(
+            float(np.mean(latency[name] or [0.0])), 3
+        )
+        profiles["experts"][name]["prompt_tokens_per_request"] = round(
+            float(np.mean([p for p, _ in done])), 1
+        )
+        profiles["experts"][name]["completion_tokens_per_request"] = round(
+            float(np.mean([c for _, c in done])), 1
+        )
+    profiles["run"] = {"max_tokens": max_tokens, "concurrency": concurrency, "n": len(examples)}
+    return profiles, per_example
 
 
 def _aggregate(

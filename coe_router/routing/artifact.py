@@ -179,13 +179,14 @@ class ExpertProfiles:
     """Measured quality of each expert per category and per skill (``profile`` output).
 
     ``scores[expert][category]`` is mean quality in [0, 1]; ``skills`` likewise.
-    ``cost`` and ``latency_ms`` are per request.
+    ``cost``, ``latency_ms`` (p50) and ``seconds`` (mean, measured) are per request.
     """
 
     categories: dict[str, dict[str, float]] = field(default_factory=dict)
     skills: dict[str, dict[str, float]] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | str) -> ExpertProfiles:
@@ -210,6 +211,8 @@ class ExpertProfiles:
                 out.cost[name] = float(prof["cost"])
             if "latency_ms_p50" in prof:
                 out.latency_ms[name] = float(prof["latency_ms_p50"])
+            if "seconds_per_request" in prof:
+                out.seconds[name] = float(prof["seconds_per_request"])
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,6 +26,13 @@ TEST = "def check(f):\n    assert f(2, 3) == 5\n"
         ("B. Paris", 1.0),
         ("answer: C", 0.0),
         ("I think A", 0.0),
+        # Options listed back, then a stated answer: the statement counts.
+        ("A. Paris\nB. Rome\n\nThe correct answer is B. Rome.", 1.0),
+        ("**B**", 1.0),
+        # Options listed back with no answer: no commitment, not the first line's letter.
+        ("A. Paris\nB. Rome\nC. Oslo", 0.0),
+        # A sentence starting with the article "A" is not option A.
+        ("B blocks are fine", 0.0),
     ],
 )
 def test_letter(response: str, expected: float) -> None:
@@ -92,3 +100,67 @@ def test_profile_through_expert_clients() -> None:
     p = pilots(x, per_example)
     assert np.allclose(p["coder"][0], x[0])
     assert np.allclose(p["general"][0], x[1])
+
+
+def test_profile_sends_each_rows_budget_and_records_tokens_seconds_and_answers() -> None:
+    budgets: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        body = json.loads(request.content)
+        budgets.append(body["max_tokens"])
+        message = {"role": "assistant", "content": f"{body['model']}: The answer is A"}
+        return httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14},
+            },
+        )
+
+    examples = [
+        Example("q1", "code", extra={"answer": "A", "max_tokens": 8}),
+        Example("q2", "code", extra={"answer": "A", "max_tokens": 4000}),
+    ]
+    answers: list[dict[str, str]] = [{} for _ in examples]
+    profiles, _ = asyncio.run(
+        run_profiles(
+            catalog(),
+            examples,
+            ["coder"],
+            max_tokens=100,
+            transport=httpx.MockTransport(handler),
+            responses=answers,
+        )
+    )
+    assert sorted(budgets) == [8, 100]  # a row's own budget, capped by the run's
+    coder = profiles["experts"]["coder"]
+    assert coder["prompt_tokens_per_request"] == 10
+    assert coder["completion_tokens_per_request"] == 4
+    assert coder["seconds_per_request"] >= 0
+    assert profiles["run"]["n"] == 2
+    assert answers[0]["coder"].endswith("The answer is A")
+
+
+def test_keep_merges_a_re_profiled_expert_into_the_previous_run(tmp_path: Path) -> None:
+    from router_training.cli import _keep_other_experts
+    from router_training.profile import write_scores
+
+    examples = [Example("q1", "code"), Example("q2", "math")]
+    old = {"experts": {"general": {"errors": 2}, "coder": {"errors": 0}}, "run": {"n": 2}}
+    (tmp_path / "profiles.json").write_text(json.dumps(old))
+    write_scores(tmp_path / "scores.jsonl", examples, [{"coder": 1.0}, {"coder": 0.0}])
+    new = {"experts": {"general": {"errors": 0}}, "run": {"n": 2, "again": True}}
+    profiles, scores = _keep_other_experts(
+        tmp_path, examples, new, [{"general": 0.5}, {"general": 1.0}]
+    )
+    assert profiles["experts"] == {"coder": {"errors": 0}, "general": {"errors": 0}}
+    assert profiles["runs"] == [{"n": 2}, {"n": 2, "again": True}]
+    assert scores == [{"coder": 1.0, "general": 0.5}, {"coder": 0.0, "general": 1.0}]
+    with pytest.raises(ValueError, match="same data"):
+        _keep_other_experts(tmp_path, [Example("other", "code")] * 2, new, [{}, {}])
