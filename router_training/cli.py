@@ -21,8 +21,8 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import realprompts, replay
-from router_training.data import DataError, Example, read_jsonl, write_jsonl
+from router_training import export, realprompts, replay
+from router_training.data import DataError, Example, read_jsonl
 
 DEFAULT_CACHE = Path(".cache/router_data")
 DEFAULT_OUT = Path("deploy/routers/default")
@@ -118,7 +118,7 @@ def _router(a: argparse.Namespace, catalog: Any, cost_weight: float | None = Non
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from coe_router.routing.artifact import ExpertProfiles
-    from router_training.evaluate import dominating, evaluate
+    from router_training.evaluate import dominating, evaluate, print_report
     from router_training.taxonomy import CATEGORIES
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,39 +163,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                 quality_cost_png(report["quality_vs_cost"], a.out / "quality_cost.png")
             )
         (a.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    _print_report(report)
+    print_report(report)
     if a.json:
         print(json.dumps(report, separators=(",", ":")))
     return 0
-
-
-def _print_report(r: dict[str, Any]) -> None:
-    print(
-        f"n={r['n']}  accuracy={r['accuracy']:.3f}  macro-F1={r['macro_f1']:.3f}  "
-        f"routing latency p50={r['latency_ms']['p50']} ms p99={r['latency_ms']['p99']} ms"
-    )
-    print(f"{'category':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
-    for c, m in r["per_category"].items():
-        if m["support"] or m["precision"]:
-            print(
-                f"{c:<12} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
-                f"{m['support']:>8}"
-            )
-    for source, acc in r.get("per_source_accuracy", {}).items():
-        print(f"  source {source:<14} accuracy {acc:.3f}")
-    for lang, m in r.get("per_language", {}).items():
-        print(f"  language {lang:<12} accuracy {m['accuracy']:.3f} (n={m['n']})")
-    if r.get("quality_vs_cost"):
-        print(f"{'system':<16} {'quality':>8} {'cost':>6} {'s/request':>10}")
-        for row in r["quality_vs_cost"]:
-            secs = f"{row['seconds']:>10.2f}" if "seconds" in row else f"{'-':>10}"
-            print(f"{row['system']:<16} {row['quality']:>8.3f} {row['cost']:>6.2f} {secs}")
-        worse = r.get("dominated_by") or []
-        print(
-            "routed is dominated by: " + ", ".join(worse)
-            if worse
-            else "no single expert is at least as good and at least as cheap as routed"
-        )
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
@@ -236,7 +207,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from router_training.profile import pilots, run_profiles, write_scores
+    from router_training.profile import keep_other_experts, pilots, run_profiles, write_scores
 
     examples = _read(a.data, a.skip_bad)
     catalog = _catalog(a.catalog)
@@ -254,7 +225,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     )
     a.output.mkdir(parents=True, exist_ok=True)
     if a.keep:
-        profiles, per_example = _keep_other_experts(a.output, examples, profiles, per_example)
+        profiles, per_example = keep_other_experts(a.output, examples, profiles, per_example)
     if a.responses:
         with a.responses.open("w", encoding="utf-8") as out:
             for ex, got in zip(examples, answers, strict=True):
@@ -276,28 +247,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
-def _keep_other_experts(
-    out: Path, examples: Sequence[Example], profiles: dict[str, Any], per_example: list[Any]
-) -> tuple[dict[str, Any], list[Any]]:
-    """``--keep``: the experts this run did not profile keep their results from the
-    previous run in ``out`` (same data, same order), so one expert can be re-profiled."""
-    old = json.loads((out / "profiles.json").read_text(encoding="utf-8"))
-    rows, _ = read_jsonl(out / "scores.jsonl")
-    if [r.prompt for r in rows] != [e.prompt for e in examples]:
-        raise ValueError(f"--keep: {out}/scores.jsonl is not for the same data")
-    fresh = set(profiles["experts"])
-    merged = {k: v for k, v in old["experts"].items() if k not in fresh}
-    profiles["experts"] = {**merged, **profiles["experts"]}
-    profiles["runs"] = [*old.get("runs", [old.get("run")]), profiles.pop("run")]
-    kept = [
-        {**{k: v for k, v in r.scores.items() if k not in fresh}, **now}
-        for r, now in zip(rows, per_example, strict=True)
-    ]
-    return profiles, kept
-
-
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import READ_WEIGHTS, build_default
+    from router_training.default import READ_WEIGHTS, build_default, default_c
     from router_training.fit import FitConfig
 
     started = time.monotonic()
@@ -316,47 +267,11 @@ def cmd_build_default(a: argparse.Namespace) -> int:
     return 0
 
 
-def default_c(encoder: str) -> float:
-    """build-default's regularization per encoder kind, chosen by the mean
-    leave-one-source-out accuracy (never by the hand-labelled check): MiniLM 0.5; the
-    static encoder's noisier features want less regularization, 2.0 (0.522 vs 0.511 at
-    0.5 and 0.521 at 8)."""
-    from coe_router.routing.encoder import resolve_encoder_path
-    from coe_router.routing.static_encoder import is_static_encoder
-
-    return 2.0 if is_static_encoder(resolve_encoder_path(encoder)) else 0.5
-
-
 def cmd_distill_encoder(a: argparse.Namespace) -> int:
     from router_training.distill import distill
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     distill(a.source, a.output, dims=a.dims, sif=a.sif, log=_log)
-    return 0
-
-
-def cmd_export_data(a: argparse.Namespace) -> int:
-    from router_training.sources import SOURCES, profiling_examples, sharegpt_hand_labelled
-
-    if a.source == "sharegpt-hand":
-        rows = sharegpt_hand_labelled(a.cache)
-    elif a.source in ("sharegpt-heldout", "sharegpt-read"):
-        from router_training.realprompts import labelled
-
-        rows = labelled(a.cache, "heldout" if a.source == "sharegpt-heldout" else "train")
-    elif a.source == "profiling":
-        rows = profiling_examples(a.cache, a.per_source, per_category=a.per_category)
-    elif a.source == "all":
-        rows = [e for loader in SOURCES.values() for e in loader(a.cache)]
-    elif a.source in SOURCES:
-        rows = SOURCES[a.source](a.cache)
-    else:
-        raise ConfigError(
-            f"unknown source {a.source!r} "
-            "(known: all, profiling, sharegpt-hand, sharegpt-heldout, sharegpt-read, "
-            f"{', '.join(SOURCES)})"
-        )
-    _log(f"wrote {write_jsonl(a.output, rows)} examples to {a.output}")
     return 0
 
 
@@ -469,16 +384,8 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(run=cmd_distill_encoder)
 
     x = sub.add_parser("export-data", help="write a public source as labelled JSONL")
-    x.add_argument(
-        "source",
-        help="all, profiling, sharegpt-hand, sharegpt-heldout (the frozen real-prompt set), "
-        "sharegpt-read (read-labelled training turns), or a source name",
-    )
-    x.add_argument("-o", "--output", type=Path, required=True)
-    x.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    x.add_argument("--per-source", type=int, default=20, help="profiling: rows per source")
-    x.add_argument("--per-category", type=int, default=15, help="profiling: MMLU rows per category")
-    x.set_defaults(run=cmd_export_data)
+    export.add_arguments(x)
+    x.set_defaults(run=export.cmd_export_data)
 
     r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")
     replay.add_arguments(r)

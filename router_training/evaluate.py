@@ -190,3 +190,33 @@ def dominating(table: Sequence[dict[str, Any]], system: str = "routed") -> list[
             if no_worse and (r["quality"] > me["quality"] or r[key] < me[key]):
                 out.append(f"{name} ({key})")
     return out
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The report as the ``evaluate`` command prints it."""
+    print(
+        f"n={r['n']}  accuracy={r['accuracy']:.3f}  macro-F1={r['macro_f1']:.3f}  "
+        f"routing latency p50={r['latency_ms']['p50']} ms p99={r['latency_ms']['p99']} ms"
+    )
+    print(f"{'category':<12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}")
+    for c, m in r["per_category"].items():
+        if m["support"] or m["precision"]:
+            print(
+                f"{c:<12} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+                f"{m['support']:>8}"
+            )
+    for source, acc in r.get("per_source_accuracy", {}).items():
+        print(f"  source {source:<14} accuracy {acc:.3f}")
+    for lang, m in r.get("per_language", {}).items():
+        print(f"  language {lang:<12} accuracy {m['accuracy']:.3f} (n={m['n']})")
+    if r.get("quality_vs_cost"):
+        print(f"{'system':<16} {'quality':>8} {'cost':>6} {'s/request':>10}")
+        for row in r["quality_vs_cost"]:
+            secs = f"{row['seconds']:>10.2f}" if "seconds" in row else f"{'-':>10}"
+            print(f"{row['system']:<16} {row['quality']:>8.3f} {row['cost']:>6.2f} {secs}")
+        worse = r.get("dominated_by") or []
+        print(
+            "routed is dominated by: " + ", ".join(worse)
+            if worse
+            else "no single expert is at least as good and at least as cheap as routed"
+        )

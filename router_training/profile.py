@@ -43,7 +43,7 @@ from coe_router.config import LocalSettings, Settings
 from coe_router.errors import CoEError
 from coe_router.experts.pool import ExpertPool
 from coe_router.metrics import Metrics
-from router_training.data import Example
+from router_training.data import Example, read_jsonl
 from router_training.metrics import percentile_ms
 from router_training.rubric import score_rubric
 
@@ -263,3 +263,23 @@ def write_scores(
             row = ex.to_json()
             row["scores"] = scores
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def keep_other_experts(
+    out: Path, examples: Sequence[Example], profiles: dict[str, Any], per_example: list[Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """``--keep``: the experts this run did not profile keep their results from the
+    previous run in ``out`` (same data, same order), so one expert can be re-profiled."""
+    old = json.loads((out / "profiles.json").read_text(encoding="utf-8"))
+    rows, _ = read_jsonl(out / "scores.jsonl")
+    if [r.prompt for r in rows] != [e.prompt for e in examples]:
+        raise ValueError(f"--keep: {out}/scores.jsonl is not for the same data")
+    fresh = set(profiles["experts"])
+    merged = {k: v for k, v in old["experts"].items() if k not in fresh}
+    profiles["experts"] = {**merged, **profiles["experts"]}
+    profiles["runs"] = [*old.get("runs", [old.get("run")]), profiles.pop("run")]
+    kept = [
+        {**{k: v for k, v in r.scores.items() if k not in fresh}, **now}
+        for r, now in zip(rows, per_example, strict=True)
+    ]
+    return profiles, kept

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_training.cli import default_c, parser
+from router_training.cli import parser
+from router_training.default import default_c
 from router_training.distill import pca, quantize, sif_weights
 
 pytestmark = pytest.mark.unit

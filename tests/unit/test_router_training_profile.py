@@ -148,19 +148,18 @@ def test_profile_sends_each_rows_budget_and_records_tokens_seconds_and_answers()
 
 
 def test_keep_merges_a_re_profiled_expert_into_the_previous_run(tmp_path: Path) -> None:
-    from router_training.cli import _keep_other_experts
-    from router_training.profile import write_scores
+    from router_training.profile import keep_other_experts, write_scores
 
     examples = [Example("q1", "code"), Example("q2", "math")]
     old = {"experts": {"general": {"errors": 2}, "coder": {"errors": 0}}, "run": {"n": 2}}
     (tmp_path / "profiles.json").write_text(json.dumps(old))
     write_scores(tmp_path / "scores.jsonl", examples, [{"coder": 1.0}, {"coder": 0.0}])
     new = {"experts": {"general": {"errors": 0}}, "run": {"n": 2, "again": True}}
-    profiles, scores = _keep_other_experts(
+    profiles, scores = keep_other_experts(
         tmp_path, examples, new, [{"general": 0.5}, {"general": 1.0}]
     )
     assert profiles["experts"] == {"coder": {"errors": 0}, "general": {"errors": 0}}
     assert profiles["runs"] == [{"n": 2}, {"n": 2, "again": True}]
     assert scores == [{"coder": 1.0, "general": 0.5}, {"coder": 0.0, "general": 1.0}]
     with pytest.raises(ValueError, match="same data"):
-        _keep_other_experts(tmp_path, [Example("other", "code")] * 2, new, [{}, {}])
+        keep_other_experts(tmp_path, [Example("other", "code")] * 2, new, [{}, {}])
