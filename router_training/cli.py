@@ -21,7 +21,7 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import export, realprompts, replay
+from router_training import compare, export, realprompts, replay
 from router_training.data import DataError, Example, read_jsonl
 
 DEFAULT_CACHE = Path(".cache/router_data")
@@ -390,6 +390,10 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")
     replay.add_arguments(r)
     r.set_defaults(run=replay.cmd_replay)
+
+    cp = sub.add_parser("compare", help="every strategy of a catalog on one set, one table")
+    compare.add_arguments(cp)
+    cp.set_defaults(run=compare.cmd_compare)
 
     rp = sub.add_parser("real-prompts", help="read-labelled ShareGPT sets: counts, agreement")
     realprompts.add_arguments(rp)
