@@ -75,8 +75,9 @@ def _catalog(tmp: Path) -> dict[str, Any]:
         ("code", CODE_DELAY_S, {"categories": ["code"]}),  # listed first on purpose
         ("general", GENERAL_DELAY_S, {"generalist": True, "categories": ["general"]}),
     ]:
+        launch = {"model": str(model), "env": {"FAKE_DELAY_S": str(delay)}}
         experts.append({"name": name, "served_model_name": f"fake-{name}", **extra,
-                        "launch": {"model": str(model), "env": {"FAKE_DELAY_S": str(delay)}}})  # fmt: skip
+                        "launch": launch})  # fmt: skip
     return {
         "experts": experts,
         "virtual_models": [{"name": "coe", "router": "keyword"}],
