@@ -100,6 +100,7 @@ def test_the_generalist_starts_alone_and_answers_while_the_others_load(tmp_path:
             # Before the generalist is up nothing can answer: 503, saying it is starting.
             first = _chat(gw, client)
             assert first.status_code == 503, first.text
+            assert first.json()["error"]["code"] == "expert_starting"
             deadline = time.monotonic() + 30
             while (resp := _chat(gw, client)).status_code != 200:
                 assert time.monotonic() < deadline, resp.text
