@@ -109,9 +109,9 @@ class LocalSettings(BaseModel):
     stop_timeout_s: float = Field(default=20.0, gt=0)
     #: Seconds between progress lines while experts load.
     progress_interval_s: float = Field(default=10.0, gt=0)
-    #: Start the generalist alone and the other launched experts once it is up: on a small
-    #: CPU machine experts loading side by side share the cores, and the generalist answers
-    #: every routed request while the others load.
+    #: Prepare and start the generalist before the other launched experts, which follow once
+    #: it is up: it answers every routed request while they load (a sooner first answer,
+    #: every expert up later).
     generalist_first: bool = True
     #: Prepare a missing checkpoint of a model ``coe-router models prepare`` knows (a name
     #: under ``models_dir``) before launching it, so a fresh ``serve`` needs no separate step.

@@ -1,10 +1,11 @@
 """The order launched experts start in: the generalist first, the others once it is up.
 
-On a small CPU machine, vLLM processes loading side by side share its cores, so the first
-of them to answer comes up about as late as the last. The generalist answers every routed
-request while the others load (cross-expert fallback, marked ``x-coe-fallback``), so it
-loads alone: the first answer comes as soon as one expert could give it. The others then
-load in the background.
+The generalist answers every routed request while the others load (cross-expert fallback,
+marked ``x-coe-fallback``), so nothing else is prepared or started before it: the first
+answer comes as soon as one expert could give it. The others then load in the background.
+(On 2 CPU cores a second vLLM loading beside it cost the generalist little, but preparing
+the code model's checkpoint first would have delayed it by over a minute:
+``bench/first_answer.py``.)
 
 Each process is first prepared when its checkpoint is missing and ``coe-router models
 prepare`` knows its model (:meth:`LocalProcess.prepare`), then started. Every process is
