@@ -109,6 +109,13 @@ class LocalSettings(BaseModel):
     stop_timeout_s: float = Field(default=20.0, gt=0)
     #: Seconds between progress lines while experts load.
     progress_interval_s: float = Field(default=10.0, gt=0)
+    #: Prepare and start the generalist before the other launched experts, which follow once
+    #: it is up: it answers every routed request while they load (a sooner first answer,
+    #: every expert up later).
+    generalist_first: bool = True
+    #: Prepare a missing checkpoint of a model ``coe-router models prepare`` knows (a name
+    #: under ``models_dir``) before launching it, so a fresh ``serve`` needs no separate step.
+    prepare: bool = True
 
 
 class TierSettings(BaseModel):

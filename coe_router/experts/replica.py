@@ -154,6 +154,9 @@ class Replica:
         if proc is not None and proc.state in ("exited", "stopped", "failed"):
             self.state, self.detail = "down", proc.detail
             return self.state
+        if proc is not None and proc.state in ("queued", "preparing"):
+            self.state, self.detail = "starting", proc.detail  # nothing listens yet
+            return self.state
         if self._lean is not None:
             self._lean.prune()  # an idle gateway lets its idle keep-alive connections go
         try:

@@ -23,7 +23,7 @@ from tests.support import ROOT, GatewayProcess, RedisServer, group_alive, launch
 
 ADMIN_KEY = "integration-admin-key"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-#: vLLM on two CPU cores needs 60-110 s per expert; both load at once.
+#: vLLM on two CPU cores needs 60-110 s per expert; the generalist loads first, then the others.
 READY_TIMEOUT_S = float(os.environ.get("COE_TEST_READY_TIMEOUT_S", "600"))
 
 

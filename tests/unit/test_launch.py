@@ -1,0 +1,52 @@
+"""The order launched experts start in, and which missing checkpoints the gateway prepares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from coe_router.catalog import LaunchSpec
+from coe_router.config import LocalSettings
+from coe_router.experts.launch import launch_waves, queue_waves
+from coe_router.experts.process import LocalProcess
+from coe_router.modelprep.sources import KNOWN_MODELS
+
+KNOWN = next(iter(KNOWN_MODELS))
+
+
+def _process(name: str, tmp: Path, model: str = KNOWN, **settings: Any) -> LocalProcess:
+    local = LocalSettings(models_dir=tmp / "models", run_dir=tmp / "run", **settings)
+    return LocalProcess(name, LaunchSpec(model=model, port=8101), name, local)
+
+
+def test_the_generalist_starts_alone_then_the_others(tmp_path: Path) -> None:
+    procs = {n: _process(n, tmp_path) for n in ["code", "general", "math"]}
+    waves = launch_waves(procs, "general", generalist_first=True)
+    assert [[p.expert for p in w] for w in waves] == [["general"], ["code", "math"]]
+    queue_waves(waves)
+    assert procs["general"].state == "queued"
+    assert procs["code"].detail == "queued: starts once 'general' is up"
+    assert procs["code"].progress() == procs["code"].detail
+
+
+def test_all_at_once_when_asked_or_when_the_generalist_is_not_launched(tmp_path: Path) -> None:
+    procs = {n: _process(n, tmp_path) for n in ["code", "general"]}
+    together = launch_waves(procs, "general", generalist_first=False)
+    assert [[p.expert for p in w] for w in together] == [["code", "general"]]
+    remote = launch_waves({"code": procs["code"]}, "general", generalist_first=True)
+    assert [[p.expert for p in w] for w in remote] == [["code"]]
+    assert launch_waves({}, "general", generalist_first=True) == []
+
+
+def test_only_a_missing_checkpoint_of_a_known_model_is_prepared(tmp_path: Path) -> None:
+    assert _process("general", tmp_path).preparable() == KNOWN
+    assert _process("general", tmp_path, prepare=False).preparable() is None
+    assert _process("general", tmp_path, model="no-such-model").preparable() is None
+    # An explicit path is the operator's checkpoint, even when its name is a known one.
+    elsewhere = tmp_path / "elsewhere" / KNOWN
+    elsewhere.mkdir(parents=True)
+    assert _process("general", tmp_path, model=str(elsewhere)).preparable() is None
+    done = tmp_path / "models" / KNOWN
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    assert _process("general", tmp_path).preparable() is None
