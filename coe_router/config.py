@@ -109,6 +109,9 @@ class LocalSettings(BaseModel):
     stop_timeout_s: float = Field(default=20.0, gt=0)
     #: Seconds between progress lines while experts load.
     progress_interval_s: float = Field(default=10.0, gt=0)
+    #: Seconds the next experts wait for the generalist's start (preparing included)
+    #: before they start anyway: a start that hangs must not hold the others back forever.
+    wave_timeout_s: float = Field(default=900.0, gt=0)
     #: Prepare and start the generalist before the other launched experts, which follow once
     #: it is up: it answers every routed request while they load (a sooner first answer,
     #: every expert up later).

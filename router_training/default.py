@@ -32,7 +32,7 @@ from router_training.embed import cache_dir, embed_all
 from router_training.evaluate import per_language
 from router_training.fit import FitConfig, fit, train_classifier
 from router_training.metrics import classification_report
-from router_training.realprompts import labelled, labelled_ids
+from router_training.realprompts import drop_frozen, labelled, labelled_ids
 from router_training.sources import SOURCES, RuleStats, alpacaeval, sharegpt, sharegpt_hand_ids
 from router_training.taxonomy import CATEGORIES
 
@@ -84,6 +84,9 @@ def load_all(cache: Path, log: Any = print) -> tuple[list[Example], dict[str, An
         if e.prompt not in seen:
             seen.add(e.prompt)
             unique.append(e)
+    unique, dropped = drop_frozen(unique, cache)
+    stats["frozen_texts_dropped"] = dropped
+    log(f"  dropped {dropped} rows whose text is a frozen held-out turn's")
     return unique, stats
 
 

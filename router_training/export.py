@@ -38,10 +38,14 @@ def cmd_export_data(a: argparse.Namespace) -> int:
         rows = labelled(a.cache, "heldout" if a.source == "sharegpt-heldout" else "train")
     elif a.source == "profiling":
         rows = profiling_examples(a.cache, a.per_source, per_category=a.per_category)
-    elif a.source == "all":
-        rows = [e for loader in SOURCES.values() for e in loader(a.cache)]
-    elif a.source in SOURCES:
-        rows = SOURCES[a.source](a.cache)
+    elif a.source == "all" or a.source in SOURCES:
+        from router_training.realprompts import drop_frozen
+
+        loaders = SOURCES.values() if a.source == "all" else [SOURCES[a.source]]
+        # Training data: never a frozen held-out request, whatever source repeats it.
+        rows, dropped = drop_frozen([e for load in loaders for e in load(a.cache)], a.cache)
+        if dropped:
+            print(f"left out {dropped} rows repeating a frozen held-out turn", file=sys.stderr)
     else:
         raise ConfigError(
             f"unknown source {a.source!r} "

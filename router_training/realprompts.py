@@ -32,13 +32,16 @@ from typing import Any, Literal
 from router_training.data import Example
 from router_training.sources import (
     HAND_LABELS,
+    READ_LABELS,
     SourceError,
+    frozen_ids,
+    norm_text,
     sharegpt_first_turns,
     sharegpt_is_check,
 )
 from router_training.taxonomy import CATEGORIES, rule_label
 
-LABELS = Path(__file__).parent / "checks" / "sharegpt_labels.json"
+LABELS = READ_LABELS
 Split = Literal["heldout", "train"]
 SKIP = "skip"
 #: Sizes of the selection (see the module doc).
@@ -90,10 +93,14 @@ def _labels() -> dict[str, dict[str, str]]:
     return {"heldout": {**data["heldout"], **hand}, "train": dict(data["train"])}
 
 
-def frozen_ids() -> frozenset[str]:
-    """Every conversation of the frozen held-out set, skipped turns included: no training
-    source may use them."""
-    return frozenset(_labels()["heldout"])
+def drop_frozen(rows: list[Example], cache: Path) -> tuple[list[Example], int]:
+    """``rows`` without any prompt whose text is a frozen held-out turn's (compared by
+    :func:`~router_training.sources.norm_text`: public sources repeat requests), and how
+    many were dropped."""
+    frozen = frozen_ids()
+    texts = {norm_text(t) for cid, t in sharegpt_first_turns(cache) if cid in frozen}
+    kept = [e for e in rows if norm_text(e.prompt) not in texts]
+    return kept, len(rows) - len(kept)
 
 
 def labelled_ids() -> frozenset[str]:

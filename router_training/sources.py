@@ -311,12 +311,18 @@ def sharegpt(
     stats: RuleStats | None = None,
     exclude: frozenset[str] = frozenset(),
 ) -> list[Example]:
-    """ShareGPT first turns (deduplicated, 20-20k chars), rule-labelled; check ids and
-    ``exclude`` left out."""
+    """ShareGPT first turns (deduplicated, 20-20k chars), rule-labelled. Left out: the
+    check ids, ``exclude``, and the frozen held-out set: its ids and, since ShareGPT
+    repeats first turns under other ids, every turn with the same text."""
+    frozen = frozen_ids()
+    turns = list(sharegpt_first_turns(cache))
+    frozen_texts = {norm_text(t) for cid, t in turns if cid in frozen}
     seen: set[str] = set()
     texts = []
-    for cid, text in sharegpt_first_turns(cache):
-        if sharegpt_is_check(cid) or cid in exclude or text in seen:
+    for cid, text in turns:
+        if sharegpt_is_check(cid) or cid in exclude or cid in frozen or text in seen:
+            continue
+        if norm_text(text) in frozen_texts:
             continue
         if not 20 <= len(text) <= 20000:
             continue
@@ -343,6 +349,20 @@ SOURCES: dict[str, Callable[[Path], list[Example]]] = {
 
 
 HAND_LABELS = Path(__file__).parent / "checks" / "sharegpt_hand_labels.json"
+#: Read labels of real requests (router_training.realprompts): ids and labels only.
+READ_LABELS = Path(__file__).parent / "checks" / "sharegpt_labels.json"
+
+
+def frozen_ids() -> frozenset[str]:
+    """Every conversation of the frozen held-out set (read and hand labels, skipped turns
+    included): no training source may use them."""
+    read = json.loads(READ_LABELS.read_text(encoding="utf-8"))["heldout"]
+    return frozenset(read) | frozenset(sharegpt_hand_ids())
+
+
+def norm_text(text: str) -> str:
+    """What two prompts are compared by: lower case, whitespace collapsed."""
+    return " ".join(text.lower().split())
 
 
 def sharegpt_hand_ids() -> list[str]:

@@ -42,16 +42,32 @@ def queue_waves(waves: list[list[LocalProcess]]) -> None:
             p.queue(f"queued: starts once {before} is up" if before else "queued")
 
 
-async def launch(waves: list[list[LocalProcess]]) -> None:
+async def launch(waves: list[list[LocalProcess]], wave_timeout_s: float) -> None:
     """Prepare and start each wave's processes; wait until a wave is up (ready, or failed
-    for good) before the next one."""
+    for good) before the next one, or ``wave_timeout_s`` at most.
+
+    Runs as a background task, so nothing may escape it: a process whose preparation or
+    start raises is marked failed (its replica reads as down, the log says why), and the
+    next wave still starts.
+    """
     for i, wave in enumerate(waves):
         for p in wave:
-            await p.prepare()
-            if p.state != "failed":
-                await p.start()
+            try:
+                await p.prepare()
+                if p.state != "failed":
+                    await p.start()
+            except Exception as exc:  # an OSError spawning it, a full disk, ...
+                p.fail(f"could not start: {type(exc).__name__}: {exc}")
         if i + 1 < len(waves):
-            await asyncio.gather(*(p.settled() for p in wave))
+            settled = asyncio.gather(*(p.settled() for p in wave))
+            try:
+                await asyncio.wait_for(settled, wave_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "%s not up after %.0f s: starting the next experts anyway",
+                    ", ".join(repr(p.expert) for p in wave),
+                    wave_timeout_s,
+                )
             log.info(
                 "%s: starting %s; until they are up, their routed requests are answered by "
                 "the generalist (header x-coe-fallback)",

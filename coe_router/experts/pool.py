@@ -8,7 +8,6 @@ starts launched experts (in the background, the generalist first:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -169,7 +168,8 @@ class ExpertPool:
         )
         queue_waves(waves)
         if waves:
-            self._tasks.append(asyncio.create_task(launch(waves), name="launch"))
+            task = launch(waves, self._settings.local.wave_timeout_s)
+            self._tasks.append(asyncio.create_task(task, name="launch"))
         await self.check_all()
         if self.scheduler is not None:
             await self.scheduler.start()
@@ -188,8 +188,12 @@ class ExpertPool:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task's failure must not skip the stops below
+                log.exception("pool task %r failed", task.get_name())
         if self.scheduler is not None:
             await self.scheduler.aclose()
         await asyncio.gather(*(r.aclose() for r in self.replicas()))

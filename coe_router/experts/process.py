@@ -34,7 +34,9 @@ log = logging.getLogger("coe_router.experts")
 
 ProcessState = Literal["stopped", "queued", "preparing", "starting", "ready", "exited", "failed"]
 #: States of a process that is on its way up (replicas report them as ``starting``).
-LOADING_STATES: frozenset[ProcessState] = frozenset({"queued", "preparing", "starting"})
+#: Waiting for its turn or its checkpoint: nothing listens yet.
+WAITING_STATES: frozenset[ProcessState] = frozenset({"queued", "preparing"})
+LOADING_STATES: frozenset[ProcessState] = WAITING_STATES | {"starting"}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -142,7 +144,7 @@ class LocalProcess:
 
     def progress(self) -> str:
         """One progress line: elapsed seconds, and the time left as the last start predicts."""
-        if self.state in ("queued", "preparing"):
+        if self.state in WAITING_STATES:
             return self.detail
         elapsed, expected = self.elapsed_s, self.expected_s
         if expected is None:
@@ -218,7 +220,7 @@ class LocalProcess:
         if self.state != "preparing":  # stopped meanwhile
             return
         if code != 0:
-            self._fail(f"preparing {name} failed with exit code {code} (see {self.log_path})")
+            self.fail(f"preparing {name} failed with exit code {code} (see {self.log_path})")
             return
         self.detail, self._log_kept = "prepared", True
         log.info("expert %r: checkpoint %s prepared in %.0f s", self.expert, name,
@@ -228,10 +230,11 @@ class LocalProcess:
         """Spawn the server; problems that make it hopeless mark it ``failed`` instead."""
         model = self.model_path()
         if not (model / "config.json").exists():
-            self._fail(f"no checkpoint at {model}: run `coe-router models prepare`")
+            self.fail(f"no checkpoint at {model}: run `coe-router models prepare`")
             return
-        if _port_in_use(self.spec.host, self.spec.port):
-            self._fail(
+        # A blocking connect with a timeout: off the loop, the gateway is serving meanwhile.
+        if await asyncio.to_thread(_port_in_use, self.spec.host, self.spec.port):
+            self.fail(
                 f"port {self.spec.port} is already in use (a stale expert? see {self.pid_path})"
             )
             return
@@ -290,6 +293,8 @@ class LocalProcess:
         """SIGTERM the process group, SIGKILL after ``stop_timeout_s``."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
+            if self.state in WAITING_STATES:  # never started: it is stopped, not waiting
+                self.state, self.detail = "stopped", "stopped"
             self._cleanup()
             return
         self.state, self.detail = "stopped", "stopping"
@@ -318,7 +323,8 @@ class LocalProcess:
             self._settled.set()
             log.error("expert %r: %s", self.expert, self.detail)
 
-    def _fail(self, detail: str) -> None:
+    def fail(self, detail: str) -> None:
+        """Mark the start failed for good (``detail`` says why) and log it."""
         self.state, self.detail = "failed", detail
         self._settled.set()
         log.error("expert %r: %s", self.expert, detail)

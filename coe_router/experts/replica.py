@@ -11,7 +11,7 @@ from coe_router.config import UpstreamSettings
 from coe_router.errors import UpstreamBadResponse, UpstreamError, UpstreamStatusError
 from coe_router.experts import http1
 from coe_router.experts.breaker import CircuitBreaker
-from coe_router.experts.process import LocalProcess
+from coe_router.experts.process import WAITING_STATES, LocalProcess
 
 ReplicaState = Literal["starting", "up", "down"]
 #: An upstream answer whose head arrived: httpx's, or the lean client's.
@@ -154,7 +154,7 @@ class Replica:
         if proc is not None and proc.state in ("exited", "stopped", "failed"):
             self.state, self.detail = "down", proc.detail
             return self.state
-        if proc is not None and proc.state in ("queued", "preparing"):
+        if proc is not None and proc.state in WAITING_STATES:
             self.state, self.detail = "starting", proc.detail  # nothing listens yet
             return self.state
         if self._lean is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 #: Greedy and short: CPU generation is slow and answers must be reproducible.
 GREEDY = {"temperature": 0.0}
 RUN_PYTHON = string_tool("run_python", "Run a Python snippet and return what it prints.", "code")
+FRANCE = "What is the capital of France?"
 ASK = "Use the run_python tool to test a Python function that reverses a string."
 
 
@@ -32,13 +34,22 @@ def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", timeout=180)
 
 
-def test_a_message_gets_a_real_routed_answer(claude: anthropic.Anthropic) -> None:
+def test_a_message_gets_a_real_routed_answer(claude: anthropic.Anthropic, gateway: Gateway) -> None:
     raw = claude.messages.with_raw_response.create(
         model="coe", max_tokens=32, extra_body=GREEDY,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": FRANCE}],
     )  # fmt: skip
     message = raw.parse()
-    assert raw.headers["x-coe-expert"] == "general"
+    # Which expert takes it is the profiled map's call (see test_local_experts).
+    planned = httpx.post(
+        f"{gateway.url}/v1/route",
+        json={
+            "model": "coe",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        },
+        timeout=30,
+    ).json()
+    assert raw.headers["x-coe-expert"] == planned["expert"]
     assert raw.headers["x-coe-strategy"] == "category"
     assert "x-coe-confidence" in raw.headers
     assert message.id.startswith("msg_")

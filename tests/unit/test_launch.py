@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from coe_router.catalog import LaunchSpec
 from coe_router.config import LocalSettings
-from coe_router.experts.launch import launch_waves, queue_waves
+from coe_router.experts.launch import launch, launch_waves, queue_waves
 from coe_router.experts.process import LocalProcess
 from coe_router.modelprep.sources import KNOWN_MODELS
 
@@ -50,3 +51,50 @@ def test_only_a_missing_checkpoint_of_a_known_model_is_prepared(tmp_path: Path) 
     done.mkdir(parents=True)
     (done / "config.json").write_text("{}")
     assert _process("general", tmp_path).preparable() is None
+
+
+def _ready_checkpoint(tmp: Path, model: str) -> None:
+    (tmp / "models" / model).mkdir(parents=True)
+    (tmp / "models" / model / "config.json").write_text("{}")
+
+
+async def test_a_start_that_raises_fails_that_expert_and_the_next_wave_still_starts(
+    tmp_path: Path,
+) -> None:
+    _ready_checkpoint(tmp_path, KNOWN)
+    broken = _process("general", tmp_path, python=str(tmp_path / "no-such-python"))
+    other = _process("code", tmp_path, model="not-prepared-here", prepare=False)
+    waves = launch_waves({"code": other, "general": broken}, "general", generalist_first=True)
+    queue_waves(waves)
+    await launch(waves, wave_timeout_s=5)  # raises nothing: it runs as a background task
+    assert broken.state == "failed"
+    assert "could not start" in broken.detail
+    # The second wave was reached (and fails for its own reason).
+    assert other.state == "failed"
+    assert "no checkpoint" in other.detail
+
+
+async def test_stopping_a_queued_expert_leaves_it_stopped(tmp_path: Path) -> None:
+    waiting = _process("code", tmp_path)
+    waiting.queue("queued: starts once 'general' is up")
+    await waiting.stop()
+    assert waiting.state == "stopped"
+
+
+async def test_a_wave_that_never_settles_holds_the_next_back_only_until_the_timeout(
+    tmp_path: Path,
+) -> None:
+    hung = _process("general", tmp_path)
+    nxt = _process("code", tmp_path, model="not-prepared-here", prepare=False)
+
+    async def nothing() -> None:
+        return None
+
+    hung.prepare = nothing  # type: ignore[method-assign]
+    hung.start = nothing  # type: ignore[method-assign]
+    hung.state = "starting"  # as if its server never answered /health nor exited
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(launch([[hung], [nxt]], wave_timeout_s=0.3), timeout=5)
+    assert 0.3 <= loop.time() - started < 5
+    assert nxt.state == "failed"  # reached after the timeout: it has no checkpoint

@@ -350,7 +350,11 @@ class FakeProcess:
         self.loading_polls = loading_polls
         self.starts = 0
         self.stops = 0
+        self.prepares = 0
         self.elapsed_s = 0.0
+
+    async def prepare(self) -> None:
+        self.prepares += 1  # the checkpoint exists: nothing to do
 
     async def start(self) -> None:
         self.starts += 1
@@ -395,6 +399,7 @@ async def test_process_driver_starts_the_process_and_waits_for_health() -> None:
         assert await driver.probe() == Tier.COLD
         await driver.wake(Tier.COLD)
         assert proc.starts == 1
+        assert proc.prepares == 1  # a fresh machine: the first wake prepares the checkpoint
         assert (proc.state, replica.state) == ("ready", "up")
         assert polls.count("/health") == 3  # two "loading" answers, then up
         assert await driver.probe() == Tier.HOT

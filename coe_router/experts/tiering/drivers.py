@@ -141,6 +141,11 @@ class ProcessDriver:
     async def wake(self, from_tier: Tier) -> None:
         """Start the process (unless running) and wait until it passes health checks."""
         if self._process.state not in ("starting", "ready"):
+            # A fresh `make run` prepares nothing ahead: the first wake prepares the
+            # checkpoint (a no-op once it exists).
+            await self._process.prepare()
+            if self._process.state == "failed":
+                raise RuntimeError(self._process.detail)
             await self._process.start()
         while await self._replica.check_health() != "up":
             if self._process.state in ("exited", "failed"):
