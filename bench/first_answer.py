@@ -190,7 +190,7 @@ def _ports_busy() -> list[int]:
     busy = []
     for port in EXPERT_PORTS:
         with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"http://{HOST}:{port}/health", timeout=1.0)
+            httpx.get(f"http://{HOST}:{port}/health", timeout=httpx.Timeout(1.0))
             busy.append(port)
     return busy
 

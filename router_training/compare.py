@@ -76,11 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of the ``compare`` command."""
     p.add_argument("data", type=Path, nargs="+", help="labelled JSONL")
     p.add_argument("--catalog", type=Path, help="catalog YAML (default: COE_CATALOG)")
-    p.add_argument(
-        "--models",
-        default="coe,coe-skills,coe-retriever,coe-synth,coe-keyword",
-        help="comma-separated virtual models",
-    )
+    p.add_argument("--models", help="comma-separated virtual models (default: every one)")
     p.add_argument("--json", action="store_true", help="last stdout line: the rows as JSON")
 
 
@@ -92,7 +88,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     examples = [e for path in a.data for e in read_jsonl(path)[0]]
     catalog = load_catalog(a.catalog or Settings().catalog)
-    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if a.models:
+        models = [m.strip() for m in a.models.split(",") if m.strip()]
+    else:
+        models = [v.name for v in catalog.virtual_models]
     print(f"comparing {len(models)} virtual models on {len(examples)} examples", file=sys.stderr)
     rows = compare(catalog, models, examples)
     print(format_table(rows))

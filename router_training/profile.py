@@ -270,6 +270,8 @@ def keep_other_experts(
 ) -> tuple[dict[str, Any], list[Any]]:
     """``--keep``: the experts this run did not profile keep their results from the
     previous run in ``out`` (same data, same order), so one expert can be re-profiled."""
+    if not (out / "profiles.json").is_file() or not (out / "scores.jsonl").is_file():
+        raise ValueError(f"--keep: no earlier run in {out} (profiles.json and scores.jsonl)")
     old = json.loads((out / "profiles.json").read_text(encoding="utf-8"))
     rows, _ = read_jsonl(out / "scores.jsonl")
     if [r.prompt for r in rows] != [e.prompt for e in examples]:
@@ -277,7 +279,8 @@ def keep_other_experts(
     fresh = set(profiles["experts"])
     merged = {k: v for k, v in old["experts"].items() if k not in fresh}
     profiles["experts"] = {**merged, **profiles["experts"]}
-    profiles["runs"] = [*old.get("runs", [old.get("run")]), profiles.pop("run")]
+    earlier = old.get("runs") or ([old["run"]] if old.get("run") else [])
+    profiles["runs"] = [*earlier, profiles.pop("run")]
     kept = [
         {**{k: v for k, v in r.scores.items() if k not in fresh}, **now}
         for r, now in zip(rows, per_example, strict=True)

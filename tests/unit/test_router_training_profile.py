@@ -163,3 +163,10 @@ def test_keep_merges_a_re_profiled_expert_into_the_previous_run(tmp_path: Path) 
     assert scores == [{"coder": 1.0, "general": 0.5}, {"coder": 0.0, "general": 1.0}]
     with pytest.raises(ValueError, match="same data"):
         keep_other_experts(tmp_path, [Example("other", "code")] * 2, new, [{}, {}])
+
+
+def test_keep_without_an_earlier_run_says_so(tmp_path: Path) -> None:
+    from router_training.profile import keep_other_experts
+
+    with pytest.raises(ValueError, match="no earlier run"):
+        keep_other_experts(tmp_path, [Example("q", "code")], {"experts": {}, "run": {}}, [{}])
