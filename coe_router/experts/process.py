@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from coe_router.catalog import LaunchSpec
 from coe_router.config import LocalSettings
+from coe_router.modelprep.prepare import is_prepared
 from coe_router.modelprep.sources import KNOWN_MODELS
 
 log = logging.getLogger("coe_router.experts")
@@ -185,13 +186,16 @@ class LocalProcess:
             self.state, self.detail = "queued", detail
 
     def preparable(self) -> str | None:
-        """The ``coe-router models prepare`` name of a missing checkpoint it can prepare."""
+        """The ``coe-router models prepare`` name of a checkpoint it can prepare: one of a
+        known model under ``models_dir`` that is missing, or not exactly the pinned source
+        (an older format, or a preparation cut short: the marker is written last), as
+        ``make models`` decides."""
         name = self.spec.model
         if (
             not self._settings.prepare
             or name not in KNOWN_MODELS
-            or (self.model_path() / "config.json").exists()
             or self.model_path() != self._settings.models_dir / name
+            or is_prepared(KNOWN_MODELS[name], self.model_path())
         ):
             return None
         return name

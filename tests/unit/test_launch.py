@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from coe_router.catalog import LaunchSpec
 from coe_router.config import LocalSettings
 from coe_router.experts.launch import launch, launch_waves, queue_waves
 from coe_router.experts.process import LocalProcess
+from coe_router.modelprep.prepare import MARKER_FORMAT, MARKER_NAME
 from coe_router.modelprep.sources import KNOWN_MODELS
 
 KNOWN = next(iter(KNOWN_MODELS))
@@ -50,12 +52,21 @@ def test_only_a_missing_checkpoint_of_a_known_model_is_prepared(tmp_path: Path) 
     done = tmp_path / "models" / KNOWN
     done.mkdir(parents=True)
     (done / "config.json").write_text("{}")
+    # A config.json alone is a preparation cut short (the marker is written last).
+    assert _process("general", tmp_path).preparable() == KNOWN
+    marker = {"format": MARKER_FORMAT, "gguf_sha256": KNOWN_MODELS[KNOWN].gguf_sha256}
+    (done / MARKER_NAME).write_text(json.dumps(marker))
     assert _process("general", tmp_path).preparable() is None
+    (done / MARKER_NAME).write_text(json.dumps({**marker, "format": "an older one"}))
+    assert _process("general", tmp_path).preparable() == KNOWN
 
 
 def _ready_checkpoint(tmp: Path, model: str) -> None:
+    """A prepared checkpoint, as far as the gateway checks: config and marker."""
     (tmp / "models" / model).mkdir(parents=True)
     (tmp / "models" / model / "config.json").write_text("{}")
+    marker = {"format": MARKER_FORMAT, "gguf_sha256": KNOWN_MODELS[model].gguf_sha256}
+    (tmp / "models" / model / MARKER_NAME).write_text(json.dumps(marker))
 
 
 async def test_a_start_that_raises_fails_that_expert_and_the_next_wave_still_starts(
