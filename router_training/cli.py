@@ -383,21 +383,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--sif", type=float, default=1e-4, help="SIF coefficient")
     d.set_defaults(run=cmd_distill_encoder)
 
-    x = sub.add_parser("export-data", help="write a public source as labelled JSONL")
-    export.add_arguments(x)
-    x.set_defaults(run=export.cmd_export_data)
-
-    r = sub.add_parser("replay", help="the gateway's decision log -> evaluation JSONL")
-    replay.add_arguments(r)
-    r.set_defaults(run=replay.cmd_replay)
-
-    cp = sub.add_parser("compare", help="every strategy of a catalog on one set, one table")
-    compare.add_arguments(cp)
-    cp.set_defaults(run=compare.cmd_compare)
-
-    rp = sub.add_parser("real-prompts", help="read-labelled ShareGPT sets: counts, agreement")
-    realprompts.add_arguments(rp)
-    rp.set_defaults(run=realprompts.cmd_real_prompts)
+    # Commands that own their arguments, in their own modules.
+    for name, help_, add_arguments, run in (
+        ("export-data", "write a public source as labelled JSONL", export.add_arguments,
+         export.cmd_export_data),
+        ("replay", "the gateway's decision log -> evaluation JSONL", replay.add_arguments,
+         replay.cmd_replay),
+        ("compare", "every strategy of a catalog on one set, one table", compare.add_arguments,
+         compare.cmd_compare),
+        ("real-prompts", "read-labelled ShareGPT sets: counts, agreement",
+         realprompts.add_arguments, realprompts.cmd_real_prompts),
+    ):  # fmt: skip
+        command = sub.add_parser(name, help=help_)
+        add_arguments(command)
+        command.set_defaults(run=run)
     return p
 
 

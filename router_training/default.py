@@ -108,20 +108,13 @@ def teacher_filter(rows: list[Example], x: Array, c: float) -> tuple[list[int], 
 
     proba = softmax(x[weak] @ coef.T + intercept)
     g = idx["general"]
-    agree = [
+    agreeing = [
         i for i, p in zip(weak, proba, strict=True) if not (p.argmax() != g and p.max() >= 0.5)
     ]
-    agree = agree[:SHAREGPT_GENERAL_CAP]  # rows are already in a seeded random order
+    agree = agreeing[:SHAREGPT_GENERAL_CAP]  # rows are already in a seeded random order
     return sorted(strong + agree), {
         "sharegpt_general_rule": len(weak),
-        "teacher_disagreed": len(weak)
-        - len(
-            [
-                i
-                for i, p in zip(weak, proba, strict=True)
-                if not (p.argmax() != g and p.max() >= 0.5)
-            ]
-        ),
+        "teacher_disagreed": len(weak) - len(agreeing),
         "kept": len(agree),
     }
 

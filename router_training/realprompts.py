@@ -35,6 +35,7 @@ from router_training.sources import (
     READ_LABELS,
     SourceError,
     frozen_ids,
+    frozen_texts,
     norm_text,
     sharegpt_first_turns,
     sharegpt_is_check,
@@ -97,8 +98,7 @@ def drop_frozen(rows: list[Example], cache: Path) -> tuple[list[Example], int]:
     """``rows`` without any prompt whose text is a frozen held-out turn's (compared by
     :func:`~router_training.sources.norm_text`: public sources repeat requests), and how
     many were dropped."""
-    frozen = frozen_ids()
-    texts = {norm_text(t) for cid, t in sharegpt_first_turns(cache) if cid in frozen}
+    texts = frozen_texts(sharegpt_first_turns(cache))
     kept = [e for e in rows if norm_text(e.prompt) not in texts]
     return kept, len(rows) - len(kept)
 
@@ -107,8 +107,7 @@ def labelled_ids() -> frozenset[str]:
     """Every conversation chosen for reading, both splits: the rule-labelled ShareGPT
     source leaves them out (held-out ones must never be trained on, and a read label
     beats a rule label)."""
-    labels = _labels()
-    return frozenset(labels["heldout"]) | frozenset(labels["train"])
+    return frozen_ids() | frozenset(_labels()["train"])
 
 
 def labelled(cache: Path, split: Split) -> list[Example]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,13 +316,13 @@ def sharegpt(
     repeats first turns under other ids, every turn with the same text."""
     frozen = frozen_ids()
     turns = list(sharegpt_first_turns(cache))
-    frozen_texts = {norm_text(t) for cid, t in turns if cid in frozen}
+    held_texts = frozen_texts(turns)
     seen: set[str] = set()
     texts = []
     for cid, text in turns:
         if sharegpt_is_check(cid) or cid in exclude or cid in frozen or text in seen:
             continue
-        if norm_text(text) in frozen_texts:
+        if norm_text(text) in held_texts:
             continue
         if not 20 <= len(text) <= 20000:
             continue
@@ -363,6 +363,13 @@ def frozen_ids() -> frozenset[str]:
 def norm_text(text: str) -> str:
     """What two prompts are compared by: lower case, whitespace collapsed."""
     return " ".join(text.lower().split())
+
+
+def frozen_texts(turns: Iterable[tuple[str, str]]) -> set[str]:
+    """The :func:`norm_text` of the frozen held-out turns among ``turns`` ((id, text)
+    pairs, as :func:`sharegpt_first_turns` yields them)."""
+    frozen = frozen_ids()
+    return {norm_text(text) for cid, text in turns if cid in frozen}
 
 
 def sharegpt_hand_ids() -> list[str]:

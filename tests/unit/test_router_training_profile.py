@@ -57,6 +57,22 @@ def test_code_that_hangs_is_cut_off() -> None:
     assert score_code(PROMPT, "    while True: pass\n", TEST, "add", timeout=1.0) == 0.0
 
 
+def completion(model: str, text: str, usage: dict[str, int] | None = None) -> httpx.Response:
+    """An expert's non-streamed chat completion saying ``text``."""
+    body: dict[str, object] = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return httpx.Response(200, json=body)
+
+
 def test_profile_through_expert_clients() -> None:
     answers = {"g": "The answer is A", "c": "The answer is B", "m": "B", "w": "A"}
 
@@ -64,23 +80,7 @@ def test_profile_through_expert_clients() -> None:
         if request.url.path == "/health":
             return httpx.Response(200)
         body = json.loads(request.content)
-        text = answers[body["model"]]
-        return httpx.Response(
-            200,
-            json={
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-            },
-        )
+        return completion(body["model"], answers[body["model"]])
 
     examples = [
         Example("q1", "code", ["logic"], extra={"answer": "B"}),
@@ -110,18 +110,8 @@ def test_profile_sends_each_rows_budget_and_records_tokens_seconds_and_answers()
             return httpx.Response(200)
         body = json.loads(request.content)
         budgets.append(body["max_tokens"])
-        message = {"role": "assistant", "content": f"{body['model']}: The answer is A"}
-        return httpx.Response(
-            200,
-            json={
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14},
-            },
-        )
+        usage = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        return completion(body["model"], f"{body['model']}: The answer is A", usage)
 
     examples = [
         Example("q1", "code", extra={"answer": "A", "max_tokens": 8}),
