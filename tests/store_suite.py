@@ -143,3 +143,32 @@ class StoreBehaviour:
         # Redis trims whole nodes (MAXLEN ~): a little more than the cap may remain.
         assert 50 <= len(entries) <= 50 + 200
         assert entries[-1][1]["n"] == "999"
+
+    # --- cancellation ---
+
+    async def test_a_cancelled_call_ends_its_task(self, store: StateStore) -> None:
+        """A cancel that lands at any step of a call ends the task calling it.
+
+        The gateway stops its loops (the tier sync, lease renewals) by cancelling them: a
+        store that swallowed a cancel would leave such a loop running for ever, and the
+        shutdown waiting on it. Python 3.11's ``asyncio.wait_for``, which redis-py uses
+        around socket writes, swallows a cancel that lands just as its inner step finishes.
+        """
+
+        async def poll() -> None:
+            while True:
+                await store.table("tiers")
+                await asyncio.sleep(0)  # the in-process store never yields by itself
+
+        for trial in range(300):
+            task = asyncio.create_task(poll())
+            for _ in range(trial % 12):  # cancel at a different step of a call each time
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            if task not in done:
+                while not task.done():  # stop it for the next test, however many it takes
+                    task.cancel()
+                    await asyncio.wait([task], timeout=0.1)
+                raise AssertionError(f"trial {trial}: the cancel was swallowed; the loop ran on")
+            assert task.cancelled()

@@ -206,11 +206,16 @@ class ConnectionPool:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, self.timeouts.pool)
-            except TimeoutError:
-                raise httpx.PoolTimeout(
-                    f"no free connection within {self.timeouts.pool:g} s"
-                ) from None
+                async with asyncio.timeout(self.timeouts.pool):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._notify()  # handed a free slot, but leaving: the next in line has it
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout(
+                        f"no free connection within {self.timeouts.pool:g} s"
+                    ) from None
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -226,10 +231,10 @@ class ConnectionPool:
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Connection(loop), self.host, self.port),
-                self.timeouts.connect,
-            )
+            async with asyncio.timeout(self.timeouts.connect):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop), self.host, self.port
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(
                 f"no connection to {self.host}:{self.port} within {self.timeouts.connect:g} s"

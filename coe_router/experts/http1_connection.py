@@ -157,7 +157,8 @@ class Connection(asyncio.Protocol):
         drain = self._drain
         if drain is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(drain), limit_s)
+                async with asyncio.timeout(limit_s):
+                    await asyncio.shield(drain)
             except TimeoutError:
                 self.close()
                 raise httpx.WriteTimeout(f"request not sent within {limit_s:g} s") from None

@@ -61,7 +61,8 @@ async def launch(waves: list[list[LocalProcess]], wave_timeout_s: float) -> None
         if i + 1 < len(waves):
             settled = asyncio.gather(*(p.settled() for p in wave))
             try:
-                await asyncio.wait_for(settled, wave_timeout_s)
+                async with asyncio.timeout(wave_timeout_s):
+                    await settled
             except TimeoutError:
                 log.warning(
                     "%s not up after %.0f s: starting the next experts anyway",

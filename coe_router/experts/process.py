@@ -305,7 +305,8 @@ class LocalProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self._settings.stop_timeout_s)
+            async with asyncio.timeout(self._settings.stop_timeout_s):
+                await proc.wait()
         except TimeoutError:
             log.warning("expert %r: no exit after SIGTERM; killing", self.expert)
             with contextlib.suppress(ProcessLookupError):

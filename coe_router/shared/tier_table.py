@@ -50,7 +50,8 @@ class SharedTierTable:
     async def lock(self, device: str, timeout_s: float) -> int | None:
         """Wait for the device lease; keep it renewed until :meth:`unlock`."""
         local = self._local.setdefault(device, asyncio.Lock())
-        await asyncio.wait_for(local.acquire(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await local.acquire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:

@@ -143,7 +143,14 @@ class RedisStore:
 
     @asynccontextmanager
     async def _op(self, what: str) -> AsyncIterator[None]:
-        """The redis boundary: bound the call in time and translate its failures, once."""
+        """The redis boundary: bound the call in time and translate its failures, once.
+
+        A cancel of the calling task is never lost here: redis-py writes under Python
+        3.11's ``asyncio.wait_for``, which swallows a cancel that lands as the write ends,
+        and the gateway stops its loops (tier sync, lease renewal) by cancelling them.
+        """
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.deadline_s):
                 yield
@@ -151,6 +158,8 @@ class RedisStore:
             raise StateUnavailable(f"redis {what} timed out after {self.deadline_s:g} s") from exc
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"redis {what} failed: {exc or type(exc).__name__}") from exc
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError(f"redis {what}: cancelled during the call")
 
     # --- key/value ---
 

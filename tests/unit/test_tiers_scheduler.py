@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -497,25 +496,38 @@ async def test_a_grant_racing_a_cancellation_is_not_leaked() -> None:
 async def test_a_grant_racing_the_queue_timeout_is_not_leaked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sched, drivers, _ = build({"a": 4}, 10, queue_timeout_s=123.0)
+    """The queue timeout fires between the wake's last steps: the request is granted while
+    its timeout unwinds. It must then go in (and hold its grant), or hold nothing."""
+    loop = asyncio.get_running_loop()
+    queue_s = 123.0
+    real_timeout = asyncio.timeout
+    deadlines: list[asyncio.Timeout] = []
+
+    def recording_timeout(delay: float | None) -> asyncio.Timeout:
+        cm = real_timeout(delay)
+        if delay == queue_s:  # the request's queue timeout, to fire it on a chosen turn
+            deadlines.append(cm)
+        return cm
+
+    monkeypatch.setattr(asyncio, "timeout", recording_timeout)
+    sched, drivers, _ = build({"a": 4}, 10, queue_timeout_s=queue_s)
     await sched.start()
-    drivers["a"].gate = asyncio.Event()
-    real_wait_for = asyncio.wait_for
+    gate = drivers["a"].gate = asyncio.Event()
+    task = asyncio.create_task(sched.acquire("a"))
+    await wait_for(lambda: bool(deadlines))
+    deadline = deadlines.pop()
 
-    async def racing_wait_for(aw: Any, limit: float | None) -> Any:
-        if limit != 123.0:
-            return await real_wait_for(aw, limit)
-        # The queue timeout fires; while wait_for unwinds it, the wake ends and grants.
-        drivers["a"].gate.set()  # type: ignore[union-attr]
-        await wait_for(lambda: not sched.experts["a"].waiters)
-        raise TimeoutError
+    def wake_ends_as_time_runs_out() -> None:
+        gate.set()  # the wake returns, and grants, two loop turns from now...
+        deadline.reschedule(loop.time())  # ...and the queue timeout fires on the first
 
-    monkeypatch.setattr(asyncio, "wait_for", racing_wait_for)
-    try:
-        await sched.acquire("a")
-    except UpstreamTimeout:
+    loop.call_soon(wake_ends_as_time_runs_out)
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    assert deadline.expired()
+    if isinstance(outcome, UpstreamTimeout):
         assert sched.experts["a"].in_flight == 0, "timed out, yet its grant was kept"
     else:
+        assert outcome is None, outcome
         assert sched.experts["a"].in_flight == 1
         sched.release("a")
     monkeypatch.undo()

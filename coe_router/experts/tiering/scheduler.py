@@ -121,7 +121,8 @@ class TierScheduler:
             self.reschedule_in(self.max_wait_s)
         self.reschedule()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout_s)
+            async with asyncio.timeout(self.queue_timeout_s):
+                await asyncio.shield(waiter.future)
         except TimeoutError:
             # A grant can land while wait_for unwinds its timeout: then the request goes
             # in after all (else its in-flight count would leak).

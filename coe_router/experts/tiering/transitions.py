@@ -143,7 +143,8 @@ class Transitions:
         from_tier = e.tier
         t0 = self.clock()
         try:
-            await asyncio.wait_for(e.driver.wake(from_tier), self.wake_timeout_s)
+            async with asyncio.timeout(self.wake_timeout_s):
+                await e.driver.wake(from_tier)
         except Exception as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
             e.wake_failures += 1
@@ -161,7 +162,8 @@ class Transitions:
             e.transition = "sleeping"
             self.host.publish_state()
             try:
-                e.tier = await asyncio.wait_for(e.driver.sleep(2), self.wake_timeout_s)
+                async with asyncio.timeout(self.wake_timeout_s):
+                    e.tier = await e.driver.sleep(2)
             except Exception as sleep_exc:
                 log.error("expert %r: sleep after a failed wake failed: %s", e.name, sleep_exc)
                 with contextlib.suppress(Exception):
