@@ -248,8 +248,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import DEFAULT_C, READ_WEIGHTS, build_default
+    from router_training.default import READ_WEIGHTS, build_default, default_c
     from router_training.fit import FitConfig
+    from router_training.realprompts import READ_SOURCE
 
     started = time.monotonic()
 
@@ -260,8 +261,8 @@ def cmd_build_default(a: argparse.Namespace) -> int:
         return enc
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
-    c = a.C if a.C is not None else DEFAULT_C
-    config = FitConfig(C=c, source_weights=READ_WEIGHTS, traffic_prior_source="sharegpt-read")
+    c = a.C if a.C is not None else default_c(a.encoder)
+    config = FitConfig(C=c, source_weights=READ_WEIGHTS, traffic_prior_source=READ_SOURCE)
     build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")
     return 0
@@ -370,7 +371,7 @@ def parser() -> argparse.ArgumentParser:
         "--C",
         type=float,
         default=None,
-        help="inverse regularization (default: 2.0, chosen by `tune`)",
+        help="inverse regularization (default: 2.0 for a static encoder, 0.5 for MiniLM)",
     )
     b.set_defaults(run=cmd_build_default)
 

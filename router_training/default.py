@@ -32,7 +32,7 @@ from router_training.embed import cache_dir, embed_all
 from router_training.evaluate import per_language
 from router_training.fit import FitConfig, fit, train_classifier
 from router_training.metrics import classification_report
-from router_training.realprompts import drop_frozen, labelled, labelled_ids
+from router_training.realprompts import READ_SOURCE, drop_frozen, labelled, labelled_ids
 from router_training.sources import SOURCES, RuleStats, alpacaeval, sharegpt, sharegpt_hand_ids
 from router_training.taxonomy import CATEGORIES
 
@@ -52,9 +52,8 @@ SHAREGPT_GENERAL_CAP = 1500
 #: TRAINING turns, folds by conversation, never the frozen set) by accuracy plus macro
 #: recall: 0.686 + 0.413 at C 2 and weight 12, against 0.684 + 0.389 at C 2 and weight 3
 #: (the earlier choice). The most accurate pair (C 0.25, weight 12: 0.696 + 0.396) sends
-#: a textbook derivative to writing. MiniLM's features chose C 0.5 by leave-one-source-out.
-READ_WEIGHTS = {"sharegpt-read": 12.0}
-DEFAULT_C = 2.0
+#: a textbook derivative to writing.
+READ_WEIGHTS = {READ_SOURCE: 12.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -269,3 +268,13 @@ def _summary(ev: dict[str, Any]) -> dict[str, Any]:
         out["sharegpt_heldout_per_language"] = ev["sharegpt_heldout_per_language"]
         out["sharegpt_hand_labelled_accuracy"] = ev["sharegpt_hand_labelled_accuracy"]
     return out
+
+
+def default_c(encoder: str) -> float:
+    """build-default's regularization per encoder kind: the static encoder 2.0, chosen with
+    :data:`READ_WEIGHTS` by ``tune``; MiniLM 0.5, by the mean leave-one-source-out accuracy
+    (never by a held-out check)."""
+    from coe_router.routing.encoder import resolve_encoder_path
+    from coe_router.routing.static_encoder import is_static_encoder
+
+    return 2.0 if is_static_encoder(resolve_encoder_path(encoder)) else 0.5

@@ -46,6 +46,8 @@ from router_training.taxonomy import CATEGORIES, rule_label
 LABELS = READ_LABELS
 Split = Literal["heldout", "train"]
 SKIP = "skip"
+#: The source name of the read-labelled training turns.
+READ_SOURCE = "sharegpt-read"
 #: Sizes of the selection (see the module doc).
 HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL, TRAIN_MORE = 250, 1300, 250, 2000
 
@@ -120,7 +122,7 @@ def labelled(cache: Path, split: Split) -> list[Example]:
     """The read-labelled turns of ``split`` (skipped ones left out), with ``id`` and
     ``lang`` in ``extra``; source ``sharegpt-heldout`` or ``sharegpt-read``."""
     labels = _labels()[split]
-    source = "sharegpt-heldout" if split == "heldout" else "sharegpt-read"
+    source = "sharegpt-heldout" if split == "heldout" else READ_SOURCE
     rows, seen = [], set()
     # Every turn, not only the deduplicated ones: a few hand-labelled ids predate them.
     for cid, text in sharegpt_first_turns(cache):

