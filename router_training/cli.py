@@ -178,7 +178,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     artifact = RouterArtifact.load(a.router)
     examples = _read(a.data, a.skip_bad)
     encoder, _ = _encoder(str(artifact.encoder["spec"]), str(artifact.encoder["long_text"]))
-    x = embed_all(encoder, [e.prompt for e in examples])
+    x = embed_all(artifact.feature_encoder(encoder), [e.prompt for e in examples])
     log_p = np.log(artifact.category_proba(x, biased=False) + 1e-12)
     catalog = _catalog(a.catalog)
     expert_of = category_expert_map(catalog, artifact.labels)

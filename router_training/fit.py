@@ -25,6 +25,7 @@ from tqdm import tqdm
 from coe_router.routing.artifact import Array, RouterArtifact, softmax
 from coe_router.routing.encoder import normalize
 from router_training.data import Example, data_hash
+from router_training.lexical import LexicalFeatures
 
 
 @dataclass
@@ -88,14 +89,15 @@ def fit_temperature(logits: Array, y: NDArray[np.int64]) -> float:
 
 
 def train_classifier(
-    x: Array,
+    x: Any,
     y: NDArray[np.int64],
     n_classes: int,
     c: float,
     seed: int,
     weights: NDArray[np.float64] | None = None,
 ) -> tuple[Array, Array]:
-    """(coef, intercept) of a class-balanced multinomial logistic regression."""
+    """(coef, intercept) of a class-balanced multinomial logistic regression; ``x`` may be
+    dense or a scipy sparse matrix (an embedding with its lexical columns)."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
@@ -109,6 +111,13 @@ def train_classifier(
         intercept[clf.classes_[0]] = -clf.intercept_[0] / 2
         intercept[clf.classes_[1]] = clf.intercept_[0] / 2
     return coef, intercept
+
+
+def with_lexical(x: Array, lexical: Any) -> Any:
+    """The design matrix: embedding columns first, then the lexical block's (csr)."""
+    from scipy.sparse import csr_matrix, hstack
+
+    return hstack([csr_matrix(x), lexical], format="csr")
 
 
 def _skill_detectors(
@@ -137,8 +146,10 @@ def fit(
     encoder: dict[str, Any],
     config: FitConfig | None = None,
     labels: Sequence[str] | None = None,
+    lexical: LexicalFeatures | None = None,
 ) -> RouterArtifact:
-    """An artifact fitted on ``examples`` whose embeddings are the rows of ``x``."""
+    """An artifact fitted on ``examples`` whose embeddings are the rows of ``x`` (and, with
+    ``lexical``, whose lexical rows are ``lexical.matrix``'s: the artifact gets the block)."""
     config = config or FitConfig()
     labels = list(labels or sorted({e.category for e in examples}))
     index = {c: i for i, c in enumerate(labels)}
@@ -148,13 +159,16 @@ def fit(
     y = np.array([index[e.category] for e in examples], dtype=np.int64)
     tr, va = _split(y, config.val_fraction, config.seed)
     weights = np.array([config.source_weights.get(e.source, 1.0) for e in examples])
+    design = x if lexical is None else with_lexical(x, lexical.matrix)
     coef, intercept = train_classifier(
-        x[tr], y[tr], len(labels), config.C, config.seed, weights[tr]
+        design[tr], y[tr], len(labels), config.C, config.seed, weights[tr]
     )
     prior = traffic_prior(examples, labels, config.traffic_prior_source)
     if prior is not None:
         intercept = (intercept + np.log(prior)).astype(np.float32)
-    val_logits = x[va] @ coef.T + intercept
+    val_logits = np.asarray(design[va] @ coef.T) + intercept
+    d = x.shape[1]
+    coef, lexical_coef = coef[:, :d], coef[:, d:]
     temperature = fit_temperature(val_logits, y[va])
     metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
     if len(va):
@@ -219,7 +233,15 @@ def fit(
                     majority[s][e.category] += 1
         manifest["skill_categories"] = {s: c.most_common(1)[0][0] for s, c in majority.items()}
         manifest["calibration"]["skill_temperature"] = 1.0
-    return RouterArtifact(manifest=manifest, arrays=arrays)
+    artifact = RouterArtifact(manifest=manifest, arrays=arrays)
+    if lexical is not None:
+        artifact.lexical = lexical.block(lexical_coef)
+        manifest["lexical"] = {
+            "kind": "tf-idf of word-piece unigrams and bigrams (sublinear tf, smoothed idf, l2)",
+            "min_df": lexical.min_df,
+            "max_features": lexical.max_features,
+        }
+    return artifact
 
 
 def traffic_prior(

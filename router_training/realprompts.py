@@ -122,7 +122,9 @@ def labelled_ids() -> frozenset[str]:
 
 def labelled(cache: Path, split: Split) -> list[Example]:
     """The read-labelled turns of ``split`` (skipped ones left out), with ``id`` and
-    ``lang`` in ``extra``; source ``sharegpt-heldout`` or ``sharegpt-read``."""
+    ``lang`` in ``extra``; source ``sharegpt-heldout`` or ``sharegpt-read``. Training
+    turns whose text is a frozen turn's (ShareGPT repeats requests under other ids) are
+    left out: their label was read, but the text belongs to the held-out set."""
     labels = _labels()[split]
     source = "sharegpt-heldout" if split == "heldout" else READ_SOURCE
     rows, seen = [], set()
@@ -136,7 +138,7 @@ def labelled(cache: Path, split: Split) -> list[Example]:
     expected = sum(v != SKIP for v in labels.values())
     if len(rows) != expected:
         raise SourceError(f"{expected - len(rows)} labelled ShareGPT ids are missing")
-    return rows
+    return rows if split == "heldout" else drop_frozen(rows, cache)[0]
 
 
 def agreement(rows: list[Example]) -> dict[str, Any]:

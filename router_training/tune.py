@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from coe_router.routing.encoder import STATIC_ENCODER
+from coe_router.routing.lexical import PieceEncoder
 from router_training.data import Example
 from router_training.fit import traffic_prior, train_classifier
 from router_training.realprompts import READ_SOURCE
@@ -42,11 +43,12 @@ def conversation_folds(rows: Sequence[Example], k: int, source: str = READ_SOURC
 
 
 def cross_validate(
-    rows: Sequence[Example], x: NDArray[Any], c: float, weight: float, k: int = 5
+    rows: Sequence[Example], x: Any, c: float, weight: float, k: int = 5
 ) -> tuple[list[float], float]:
     """Accuracy on each held-out fold of the read turns (see the module doc), and the
     macro recall over all folds (the mean of the categories' recalls: rare categories
-    count as much as code)."""
+    count as much as code). ``x`` is the design: embeddings, with the lexical columns
+    when the build has them."""
     index = {cat: i for i, cat in enumerate(CATEGORIES)}
     y = np.array([index[e.category] for e in rows], dtype=np.int64)
     folds = conversation_folds(rows, k)
@@ -59,7 +61,7 @@ def cross_validate(
         coef, intercept = train_classifier(x[train], y[train], len(CATEGORIES), c, 0, weights)
         prior = traffic_prior([rows[i] for i in np.flatnonzero(train)], CATEGORIES, READ_SOURCE)
         assert prior is not None
-        predicted = (x[test] @ coef.T + intercept + np.log(prior)).argmax(1)
+        predicted = (np.asarray(x[test] @ coef.T) + intercept + np.log(prior)).argmax(1)
         out.append(float((predicted == y[test]).mean()))
         predictions[test] = predicted
     recalls = [float((predictions[read & (y == i)] == i).mean()) for i in set(y[read].tolist())]
@@ -70,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of the ``tune`` command."""
     p.add_argument("--cache", type=Path, default=Path(".cache/router_data"))
     p.add_argument("--encoder", default=STATIC_ENCODER)
-    p.add_argument("--C", default="0.25,0.5,2,4", help="comma-separated values of C")
+    p.add_argument("--C", default="1,2,4", help="comma-separated values of C")
     p.add_argument("--weights", default="3,6,12", help="comma-separated read-label weights")
 
 
@@ -79,6 +81,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from router_training.cli import _cache_key, _encoder
     from router_training.default import load_all, teacher_filter
     from router_training.embed import cache_dir, embed_all
+    from router_training.fit import with_lexical
+    from router_training.lexical import fit_lexical, pieces_of
 
     rows, _ = load_all(a.cache, log=lambda *_: None)
     encoder, info = _encoder(a.encoder, "head_tail")
@@ -89,6 +93,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     for c in (float(v) for v in a.C.split(",")):
         keep, _ = teacher_filter(rows, x, c)
         kept, xk = [rows[i] for i in keep], x[keep]
+        if isinstance(encoder, PieceEncoder):  # as build-default: with the lexical block
+            # The vocabulary uses no labels, so fitting it on every fold's texts leaks none.
+            pieces = pieces_of(encoder, [e.prompt for e in kept])
+            xk = with_lexical(xk, fit_lexical(pieces, encoder.vocab_size).matrix)
         for w in (float(v) for v in a.weights.split(",")):
             folds, macro = cross_validate(kept, xk, c, w)
             results.append((float(np.mean(folds)), c, w, macro))

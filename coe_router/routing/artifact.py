@@ -16,6 +16,11 @@ Arrays (``D`` = embedding size, ``C`` = categories, ``S`` = skills):
 * ``skill_coef`` ``(S, D)``, ``skill_intercept`` ``(S,)`` (optional): one-vs-rest skill
   detectors, ``sigmoid(logits / skill_temperature)``.
 
+Optionally ``lexical.npz`` (manifest key ``lexical``): tf-idf over the static encoder's
+word pieces with its own ``(C, F)`` coefficients (:mod:`coe_router.routing.lexical`).
+Its logits are appended to each embedding row by :meth:`RouterArtifact.feature_encoder`
+and added to the category logits, so such an artifact classifies ``(D + C)``-wide rows.
+
 Expert profiles (``profiles.json``, written by ``router_training profile``) live here
 too: they are the other half of the contract between training and serving.
 """
@@ -33,6 +38,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
+from coe_router.routing.encoder import Encoder
+from coe_router.routing.lexical import LEXICAL, LexicalBlock, LexicalEncoder, PieceEncoder
 
 FORMAT = "coe-router/router-artifact"
 VERSION = 1
@@ -49,6 +56,7 @@ class RouterArtifact:
     manifest: dict[str, Any]
     arrays: dict[str, Array]
     path: Path | None = None
+    lexical: LexicalBlock | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -86,10 +94,39 @@ class RouterArtifact:
         bias = self.manifest.get("thresholds", {}).get("category_bias", {})
         return np.array([float(bias.get(c, 0.0)) for c in self.labels], dtype=np.float32)
 
+    @property
+    def dim(self) -> int:
+        """Embedding size (the width of ``category_coef``)."""
+        return int(self.arrays["category_coef"].shape[1])
+
+    def feature_encoder(self, encoder: Encoder) -> Encoder:
+        """What this artifact classifies: ``encoder`` itself, or with a lexical block the
+        encoder's rows followed by the block's logits (the encoder must hand over its word
+        pieces: the static encoder)."""
+        if self.lexical is None:
+            return encoder
+        if not isinstance(encoder, PieceEncoder):
+            raise ConfigError(
+                "router artifact has a lexical block, which needs the static encoder's word "
+                f"pieces; {type(encoder).__name__} has none"
+            )
+        return LexicalEncoder(encoder, self.lexical)
+
     def category_proba(self, embeddings: Array, *, biased: bool = True) -> Array:
-        """Calibrated category probabilities, one row per embedding; with the calibrated
-        traffic-share offsets unless ``biased`` is false."""
-        logits = embeddings @ self.arrays["category_coef"].T + self.arrays["category_intercept"]
+        """Calibrated category probabilities, one row per embedding (rows of
+        :meth:`feature_encoder`); with the calibrated traffic-share offsets unless
+        ``biased`` is false."""
+        d = self.dim
+        logits = embeddings[:, :d] @ self.arrays["category_coef"].T
+        logits = logits + self.arrays["category_intercept"]
+        if self.lexical is not None:
+            if embeddings.shape[1] != d + self.lexical.n_classes:
+                raise ConfigError(
+                    f"router artifact has a lexical block: rows must be {d} + "
+                    f"{self.lexical.n_classes} wide (see feature_encoder), not "
+                    f"{embeddings.shape[1]}"
+                )
+            logits = logits + embeddings[:, d:]
         logits = logits / self.temperature
         if biased:
             logits = logits + self.category_bias
@@ -99,7 +136,8 @@ class RouterArtifact:
         """Independent skill probabilities, one row per embedding."""
         if "skill_coef" not in self.arrays:
             raise ConfigError("router artifact has no skill detectors (fit with skills)")
-        logits = embeddings @ self.arrays["skill_coef"].T + self.arrays["skill_intercept"]
+        logits = embeddings[:, : self.dim] @ self.arrays["skill_coef"].T
+        logits = logits + self.arrays["skill_intercept"]
         out: Array = (1.0 / (1.0 + np.exp(-logits / self.skill_temperature))).astype(np.float32)
         return out
 
@@ -107,6 +145,16 @@ class RouterArtifact:
         """Write ``manifest.json`` and ``weights.npz`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, **self.manifest, "weights": WEIGHTS}
+        if self.lexical is not None:
+            sha = self.lexical.save(directory / LEXICAL)
+            manifest["lexical"] = {
+                **manifest.get("lexical", {}),
+                "file": LEXICAL,
+                "sha256": sha,
+                "features": int(self.lexical.keys.shape[0]),
+                "vocab_size": self.lexical.vocab_size,
+            }
+            self.manifest["lexical"] = manifest["lexical"]
         # float16 on disk: halves the committed size; logits move by ~1e-3, decisions don't.
         arrays: dict[str, Any] = {k: np.asarray(v, np.float16) for k, v in self.arrays.items()}
         np.savez_compressed(directory / WEIGHTS, **arrays)
@@ -140,7 +188,15 @@ class RouterArtifact:
                 arrays = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
         except (OSError, ValueError) as exc:
             raise ConfigError(f"router artifact {directory}: unreadable weights: {exc}") from None
-        artifact = cls(manifest=manifest, arrays=arrays, path=directory)
+        lexical = None
+        if isinstance(manifest.get("lexical"), dict):
+            block = manifest["lexical"]
+            lexical = LexicalBlock.load(
+                directory / str(block.get("file", LEXICAL)),
+                int(block.get("vocab_size", 0)),
+                len(manifest.get("labels", [])),
+            )
+        artifact = cls(manifest=manifest, arrays=arrays, path=directory, lexical=lexical)
         artifact.check()
         return artifact
 

@@ -43,7 +43,7 @@ class RetrieverRouter:
 
     def __init__(self, catalog: Catalog, options: Mapping[str, Any]) -> None:
         check_options(self.name, options, {"_artifact", "pilots", "temperature"})
-        self.core = TrainedCore(self.name, options)
+        self.core = TrainedCore(self.name, options, lexical=False)
         self.temperature = number(options, "temperature", 0.05, 1e-4, 10.0)
         self.generalist = catalog.generalist.name
         labels = self.core.artifact.labels

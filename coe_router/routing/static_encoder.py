@@ -31,6 +31,7 @@ from coe_router.errors import ConfigError
 from coe_router.routing.encoder import PerPath
 
 Array = NDArray[np.float32]
+Ids = NDArray[np.int64]
 
 #: ``encoder.json``'s format tag: a directory without it is not a static encoder.
 STATIC_FORMAT = "coe-router/static-encoder"
@@ -98,22 +99,38 @@ class StaticEncoder:
         """Embedding size."""
         return int(self._rows.shape[1])
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of word-piece ids (rows of the table)."""
+        return int(self._rows.shape[0])
+
     def encode(self, texts: Sequence[str]) -> Array:
         """``(len(texts), dim)`` unit-norm rows (long texts: head and tail windows)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            w = self.char_window
-            if len(text) <= 2 * w:
-                out[i] = self._unit(self._pool(text))
-            else:
-                out[i] = self._unit(
-                    self._unit(self._pool(text[:w])) + self._unit(self._pool(text[-w:]))
-                )
-        return out
+        return self.encode_with_pieces(texts)[0]
 
-    def _pool(self, text: str) -> Array:
-        ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
-        ids = ids[(ids != self._unk) & (ids < self._rows.shape[0])]
+    def encode_with_pieces(self, texts: Sequence[str]) -> tuple[Array, list[list[Ids]]]:
+        """The rows, and per text the piece ids of each window read (one window, or the
+        head and the tail): what a router's lexical block counts, tokenized once."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        pieces: list[list[Ids]] = []
+        w = self.char_window
+        for i, text in enumerate(texts):
+            parts = [text] if len(text) <= 2 * w else [text[:w], text[-w:]]
+            windows = [self._ids(part) for part in parts]
+            pieces.append(windows)
+            if len(windows) == 1:
+                out[i] = self._unit(self._pool(windows[0]))
+            else:
+                head, tail = (self._unit(self._pool(ids)) for ids in windows)
+                out[i] = self._unit(head + tail)
+        return out, pieces
+
+    def _ids(self, text: str) -> Ids:
+        ids: Ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+        kept: Ids = ids[(ids != self._unk) & (ids < self._rows.shape[0])]
+        return kept
+
+    def _pool(self, ids: Ids) -> Array:
         if ids.size == 0:
             return np.zeros(self.dim, dtype=np.float32)
         # Dequantize only the rows this text uses: (n,) scales @ (n, D) int8 rows.

@@ -63,9 +63,14 @@ class TrainedCore:
     path overriding the manifest's: a static encoder directory or a sentence-transformers
     model of the same dimension), ``profiles`` (``profiles.json``), ``threshold``,
     ``switch_confidence``, ``cost_weight``.
+
+    With ``lexical`` (the default) the rows it embeds are the artifact's
+    :meth:`~coe_router.routing.artifact.RouterArtifact.feature_encoder` rows: embedding,
+    then the lexical block's logits when the artifact has one. A strategy that compares
+    embeddings only (the retriever) passes ``lexical=False``.
     """
 
-    def __init__(self, strategy: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, strategy: str, options: Mapping[str, Any], *, lexical: bool = True) -> None:
         artifact = options.get("_artifact")
         if not isinstance(artifact, RouterArtifact):
             artifact = RouterArtifact.load(
@@ -88,7 +93,9 @@ class TrainedCore:
                 f"{strategy} router: encoder gives {self.encoder.dim}-d embeddings, "
                 f"the artifact was trained on {spec.get('dim')}-d ones"
             )
-        self.embedder = AsyncEmbedder(self.encoder)
+        self.embedder = AsyncEmbedder(
+            artifact.feature_encoder(self.encoder) if lexical else self.encoder
+        )
         self.profiles = (
             ExpertProfiles.load(resolve_path(str(options["profiles"]), "profiles"))
             if options.get("profiles")
