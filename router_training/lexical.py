@@ -40,7 +40,7 @@ class LexicalFeatures:
 
     def rows(self, pieces: Sequence[Sequence[Ids]]) -> Any:
         """tf-idf rows (csr) of other texts, by the same vocabulary."""
-        return tfidf_rows(self.block(np.zeros((1, self.keys.shape[0]), np.float32)), pieces)
+        return tfidf_rows(self.block(np.zeros((1, len(self.keys)), np.float32)), pieces)
 
 
 def pieces_of(encoder: PieceEncoder, texts: Sequence[str], batch: int = 512) -> list[list[Ids]]:
@@ -55,18 +55,16 @@ def tfidf_rows(block: LexicalBlock, pieces: Sequence[Sequence[Ids]]) -> Any:
     """csr rows of ``pieces`` under ``block``'s vocabulary, as serving computes them."""
     from scipy.sparse import csr_matrix
 
-    indptr, indices, data = [0], [], []
+    indptr, indices, data = [0], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for windows in pieces:
         cols, values = block.vector(windows)
         order = np.argsort(cols)
         indices.append(cols[order])
         data.append(values[order])
         indptr.append(indptr[-1] + cols.shape[0])
-    f = block.keys.shape[0]
-    cat = np.concatenate if indices else (lambda _: np.zeros(0))
     return csr_matrix(
-        (cat(data).astype(np.float32), cat(indices).astype(np.int64), np.array(indptr)),
-        shape=(len(pieces), f),
+        (np.concatenate(data), np.concatenate(indices), np.array(indptr)),
+        shape=(len(pieces), block.keys.shape[0]),
     )
 
 
@@ -91,6 +89,8 @@ def fit_lexical(
         order = np.argsort(keys)
         keys, df = keys[order], df[order]
     idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-    features = LexicalFeatures(keys.astype(np.int64), idf, vocab_size, None, min_df, max_features)
-    features.matrix = features.rows(pieces)
-    return features
+    keys = keys.astype(np.int64)
+    matrix = tfidf_rows(
+        LexicalBlock(keys, idf, np.zeros((1, len(keys)), np.float32), vocab_size), pieces
+    )
+    return LexicalFeatures(keys, idf, vocab_size, matrix, min_df, max_features)
