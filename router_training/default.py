@@ -53,11 +53,12 @@ REQUEST_SOURCES = (
 BENCHMARK_SOURCES = ("mmlu", "gsm8k", "math", "humaneval", "medmcqa")
 SHAREGPT_GENERAL_CAP = 1500
 #: Read-labelled real requests weigh 12, and C is 4: the best pair of
-#: ``python -m router_training tune`` (5-fold cross-validation on the 6,477 read-labelled
+#: ``python -m router_training tune`` (5-fold cross-validation on the 9,819 read-labelled
 #: TRAINING turns, folds by conversation, never the frozen set; with the lexical block) by
-#: accuracy plus macro recall: 0.746 + 0.451 at C 4 and weight 12, against 0.751 + 0.443
-#: at C 2 and 0.752 + 0.441 at C 1 (weight 6: each lower). By accuracy alone (the second
-#: round) C 0.25 was best, and it sent a textbook derivative to writing.
+#: accuracy plus macro recall: 0.758 + 0.474 at C 4 and weight 12, against 0.762 + 0.467
+#: at C 2 and 0.754 + 0.478 at C 8 (with 6,476 turns C 4 also won; weight 6 was lower at
+#: each C). By accuracy alone (the second round) C 0.25 was best, and it sent a textbook
+#: derivative to writing.
 READ_WEIGHTS = {READ_SOURCE: 12.0}
 ROOT = Path(__file__).resolve().parents[1]
 
