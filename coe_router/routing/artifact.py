@@ -27,6 +27,7 @@ too: they are the other half of the contract between training and serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -191,10 +192,15 @@ class RouterArtifact:
         lexical = None
         if isinstance(manifest.get("lexical"), dict):
             block = manifest["lexical"]
+            path = directory / str(block.get("file", LEXICAL))
+            # Like the encoder's table: a block from another build must not pass silently.
+            if "sha256" in block and _sha256(path) != block["sha256"]:
+                raise ConfigError(
+                    f"router artifact {directory}: {path.name} does not match the sha256 "
+                    "in its manifest (retrain, or restore the file the manifest names)"
+                )
             lexical = LexicalBlock.load(
-                directory / str(block.get("file", LEXICAL)),
-                int(block.get("vocab_size", 0)),
-                len(manifest.get("labels", [])),
+                path, int(block.get("vocab_size", 0)), len(manifest.get("labels", []))
             )
         artifact = cls(manifest=manifest, arrays=arrays, path=directory, lexical=lexical)
         artifact.check()
@@ -217,6 +223,13 @@ class RouterArtifact:
             dim,
         ):
             raise ConfigError(f"{where}: skill_coef does not match the manifest's skills")
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"router artifact: cannot read {path}: {exc}") from None
 
 
 def softmax(logits: Array) -> Array:

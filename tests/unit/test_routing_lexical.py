@@ -151,3 +151,24 @@ def test_a_lexical_artifact_needs_an_encoder_with_pieces(
     art = fit(rows, encoder.encode(texts), info, FitConfig(fit_skills=False), lexical=lex)
     with pytest.raises(ConfigError, match="word pieces"):
         art.feature_encoder(FakeEncoder())
+
+
+def test_a_lexical_block_from_another_build_is_refused(
+    tmp_path: Path, static: StaticEncoder
+) -> None:
+    encoder, info = describe_encoder(STATIC_ENCODER)
+    rows = _rows()
+    texts = [r.prompt for r in rows]
+    lex = fit_lexical(pieces_of(static, texts), static.vocab_size)
+    fit(rows, encoder.encode(texts), info, FitConfig(fit_skills=False), lexical=lex).save(
+        tmp_path / "a"
+    )
+    config = FitConfig(C=0.1, fit_skills=False)  # another build: other coefficients
+    other = fit(rows, encoder.encode(texts), info, config, lexical=lex)
+    other.save(tmp_path / "b")
+    (tmp_path / "a" / "lexical.npz").write_bytes((tmp_path / "b" / "lexical.npz").read_bytes())
+    with pytest.raises(ConfigError, match="sha256"):
+        RouterArtifact.load(tmp_path / "a")
+    (tmp_path / "a" / "lexical.npz").unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        RouterArtifact.load(tmp_path / "a")
