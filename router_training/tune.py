@@ -89,14 +89,18 @@ def cmd_tune(a: argparse.Namespace) -> int:
     x = embed_all(
         encoder, [e.prompt for e in rows], cache=cache_dir(a.cache, _cache_key(info), "head_tail")
     )
+    # As build-default: with the lexical block. Tokenized once; each C keeps other rows.
+    words = None
+    if isinstance(encoder, PieceEncoder):
+        words = (pieces_of(encoder, [e.prompt for e in rows]), encoder.vocab_size)
     results = []
     for c in (float(v) for v in a.C.split(",")):
         keep, _ = teacher_filter(rows, x, c)
         kept, xk = [rows[i] for i in keep], x[keep]
-        if isinstance(encoder, PieceEncoder):  # as build-default: with the lexical block
+        if words is not None:
             # The vocabulary uses no labels, so fitting it on every fold's texts leaks none.
-            pieces = pieces_of(encoder, [e.prompt for e in kept])
-            xk = with_lexical(xk, fit_lexical(pieces, encoder.vocab_size).matrix)
+            pieces, vocab_size = words
+            xk = with_lexical(xk, fit_lexical([pieces[i] for i in keep], vocab_size).matrix)
         for w in (float(v) for v in a.weights.split(",")):
             folds, macro = cross_validate(kept, xk, c, w)
             results.append((float(np.mean(folds)), c, w, macro))

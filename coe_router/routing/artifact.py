@@ -27,7 +27,6 @@ too: they are the other half of the contract between training and serving.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -40,7 +39,13 @@ from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Encoder
-from coe_router.routing.lexical import LEXICAL, LexicalBlock, LexicalEncoder, PieceEncoder
+from coe_router.routing.lexical import (
+    LEXICAL,
+    LexicalBlock,
+    LexicalEncoder,
+    PieceEncoder,
+    file_sha256,
+)
 
 FORMAT = "coe-router/router-artifact"
 VERSION = 1
@@ -194,7 +199,7 @@ class RouterArtifact:
             block = manifest["lexical"]
             path = directory / str(block.get("file", LEXICAL))
             # Like the encoder's table: a block from another build must not pass silently.
-            if "sha256" in block and _sha256(path) != block["sha256"]:
+            if "sha256" in block and file_sha256(path) != block["sha256"]:
                 raise ConfigError(
                     f"router artifact {directory}: {path.name} does not match the sha256 "
                     "in its manifest (retrain, or restore the file the manifest names)"
@@ -223,13 +228,6 @@ class RouterArtifact:
             dim,
         ):
             raise ConfigError(f"{where}: skill_coef does not match the manifest's skills")
-
-
-def _sha256(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise ConfigError(f"router artifact: cannot read {path}: {exc}") from None
 
 
 def softmax(logits: Array) -> Array:

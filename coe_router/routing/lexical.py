@@ -60,6 +60,14 @@ class PieceEncoder(Protocol):
         ...
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of the block file: what the artifact's manifest pins it by."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"lexical block: cannot read {path}: {exc}") from None
+
+
 def gram_keys(windows: Sequence[Ids], vocab_size: int) -> Ids:
     """Unigram keys ``id`` and bigram keys ``V + a * V + b``, window by window."""
     parts: list[Ids] = []
@@ -118,7 +126,7 @@ class LexicalBlock:
         np.savez_compressed(
             path, keys=self.keys, idf=self.idf, coef=np.asarray(self.coef, np.float16)
         )
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
 
     @classmethod
     def load(cls, path: Path, vocab_size: int, n_classes: int) -> LexicalBlock:

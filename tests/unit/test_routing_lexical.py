@@ -112,19 +112,25 @@ def _rows() -> list[Example]:
     return rows
 
 
-async def test_an_artifact_with_a_lexical_block_round_trips_and_serves(
-    tmp_path: Path, static: StaticEncoder
-) -> None:
+def _lexical_artifact(static: StaticEncoder, c: float = 2.0) -> tuple[RouterArtifact, int]:
+    """A router with a lexical block fitted on :func:`_rows`, and its vocabulary size."""
     encoder, info = describe_encoder(STATIC_ENCODER)
     rows = _rows()
     texts = [r.prompt for r in rows]
     lex = fit_lexical(pieces_of(static, texts), static.vocab_size)
-    art = fit(rows, encoder.encode(texts), info, FitConfig(fit_skills=False), lexical=lex)
+    config = FitConfig(C=c, fit_skills=False)
+    return fit(rows, encoder.encode(texts), info, config, lexical=lex), len(lex.keys)
+
+
+async def test_an_artifact_with_a_lexical_block_round_trips_and_serves(
+    tmp_path: Path, static: StaticEncoder
+) -> None:
+    art, n_features = _lexical_artifact(static)
     assert art.lexical is not None
     art.save(tmp_path / "r")
     back = RouterArtifact.load(tmp_path / "r")
     assert back.lexical is not None
-    assert back.manifest["lexical"]["features"] == len(lex.keys)
+    assert back.manifest["lexical"]["features"] == n_features
     features = back.feature_encoder(static)
     assert isinstance(features, LexicalEncoder)
     assert features.dim == static.dim + 2
@@ -144,11 +150,7 @@ async def test_an_artifact_with_a_lexical_block_round_trips_and_serves(
 def test_a_lexical_artifact_needs_an_encoder_with_pieces(
     tmp_path: Path, static: StaticEncoder
 ) -> None:
-    encoder, info = describe_encoder(STATIC_ENCODER)
-    rows = _rows()
-    texts = [r.prompt for r in rows]
-    lex = fit_lexical(pieces_of(static, texts), static.vocab_size)
-    art = fit(rows, encoder.encode(texts), info, FitConfig(fit_skills=False), lexical=lex)
+    art, _ = _lexical_artifact(static)
     with pytest.raises(ConfigError, match="word pieces"):
         art.feature_encoder(FakeEncoder())
 
@@ -156,16 +158,8 @@ def test_a_lexical_artifact_needs_an_encoder_with_pieces(
 def test_a_lexical_block_from_another_build_is_refused(
     tmp_path: Path, static: StaticEncoder
 ) -> None:
-    encoder, info = describe_encoder(STATIC_ENCODER)
-    rows = _rows()
-    texts = [r.prompt for r in rows]
-    lex = fit_lexical(pieces_of(static, texts), static.vocab_size)
-    fit(rows, encoder.encode(texts), info, FitConfig(fit_skills=False), lexical=lex).save(
-        tmp_path / "a"
-    )
-    config = FitConfig(C=0.1, fit_skills=False)  # another build: other coefficients
-    other = fit(rows, encoder.encode(texts), info, config, lexical=lex)
-    other.save(tmp_path / "b")
+    _lexical_artifact(static)[0].save(tmp_path / "a")
+    _lexical_artifact(static, c=0.1)[0].save(tmp_path / "b")  # another build: other weights
     (tmp_path / "a" / "lexical.npz").write_bytes((tmp_path / "b" / "lexical.npz").read_bytes())
     with pytest.raises(ConfigError, match="sha256"):
         RouterArtifact.load(tmp_path / "a")
