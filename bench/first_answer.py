@@ -159,9 +159,7 @@ def measure(label: str, commit: str, args: argparse.Namespace) -> Run:
     return run
 
 
-def _poll_gateway(
-    client: httpx.Client, url: str, run: Run, started: float, wait_all: bool
-) -> None:
+def _poll_gateway(client: httpx.Client, url: str, run: Run, started: float, wait_all: bool) -> None:
     """One round of the gateway's phases: listening, first answer, every expert up."""
     p = run.phases
     now = round(time.monotonic() - started, 1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import compare, export, realprompts, replay, tune
+from router_training import compare, embed, export, realprompts, replay, tune
 from router_training.data import DataError, Example, read_jsonl
 
 DEFAULT_CACHE = Path(".cache/router_data")
@@ -44,20 +44,6 @@ def _read(paths: Sequence[Path], skip_bad: bool) -> list[Example]:
     return examples
 
 
-def _encoder(spec: str, long_text: str) -> tuple[Encoder, dict[str, Any]]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model path or package, never the hub
-    from coe_router.routing.encoder import describe_encoder
-
-    _log(f"loading encoder {spec}")
-    return describe_encoder(spec, long_text)
-
-
-def _cache_key(info: dict[str, Any]) -> str:
-    """What embeddings are cached under: the spec, and the table's hash for a static
-    encoder (a rebuilt table must not reuse the old one's rows)."""
-    return f"{info['spec']}@{info['sha256']}" if info.get("sha256") else str(info["spec"])
-
-
 def _catalog(path: Path | None) -> Any:
     from coe_router.catalog import load_catalog
     from coe_router.config import Settings
@@ -73,11 +59,11 @@ def cmd_fit(a: argparse.Namespace) -> int:
     from router_training.fit import FitConfig, fit
 
     examples = _read(a.data, a.skip_bad)
-    encoder, info = _encoder(a.encoder, a.long_text)
+    encoder, info = embed.load_encoder(a.encoder, a.long_text)
     x = embed_all(
         encoder,
         [e.prompt for e in examples],
-        cache=cache_dir(a.cache, _cache_key(info), a.long_text) if a.cache else None,
+        cache=cache_dir(a.cache, embed.cache_key(info), a.long_text) if a.cache else None,
     )
     config = FitConfig(
         C=a.C,
@@ -177,7 +163,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     artifact = RouterArtifact.load(a.router)
     examples = _read(a.data, a.skip_bad)
-    encoder, _ = _encoder(str(artifact.encoder["spec"]), str(artifact.encoder["long_text"]))
+    encoder, _ = embed.load_encoder(
+        str(artifact.encoder["spec"]), str(artifact.encoder["long_text"])
+    )
     x = embed_all(artifact.feature_encoder(encoder), [e.prompt for e in examples])
     log_p = np.log(artifact.category_proba(x, biased=False) + 1e-12)
     catalog = _catalog(a.catalog)
@@ -237,7 +225,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         from router_training.embed import embed_all
 
         art = RouterArtifact.load(a.artifact)
-        encoder, _ = _encoder(str(art.encoder["spec"]), str(art.encoder["long_text"]))
+        encoder, _ = embed.load_encoder(str(art.encoder["spec"]), str(art.encoder["long_text"]))
         x = embed_all(encoder, [e.prompt for e in examples])
         np.savez(a.output / "pilots.npz", **pilots(x, per_example))
     for name, p in profiles["experts"].items():
@@ -255,9 +243,9 @@ def cmd_build_default(a: argparse.Namespace) -> int:
     started = time.monotonic()
 
     def factory() -> Encoder:
-        enc, info = _encoder(a.encoder, "head_tail")
+        enc, info = embed.load_encoder(a.encoder, "head_tail")
         spec.update(info)
-        spec["cache_key"] = _cache_key(info)
+        spec["cache_key"] = embed.cache_key(info)
         return enc
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}

@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from coe_router.routing.encoder import Array, Encoder
+
+
+def load_encoder(spec: str, long_text: str) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder ``spec`` names and its description (what an artifact records)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model path or package, never the hub
+    from coe_router.routing.encoder import describe_encoder
+
+    print(f"loading encoder {spec}", file=sys.stderr, flush=True)
+    return describe_encoder(spec, long_text)
+
+
+def cache_key(info: dict[str, Any]) -> str:
+    """What embeddings are cached under: the spec, and the table's hash for a static
+    encoder (a rebuilt table must not reuse the old one's rows)."""
+    return f"{info['spec']}@{info['sha256']}" if info.get("sha256") else str(info["spec"])
 
 
 def _key(text: str) -> str:

@@ -78,16 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_tune(a: argparse.Namespace) -> int:
     """``tune``: the grid's cross-validated accuracy, best first."""
-    from router_training.cli import _cache_key, _encoder
     from router_training.default import load_all, teacher_filter
-    from router_training.embed import cache_dir, embed_all
+    from router_training.embed import cache_dir, cache_key, embed_all, load_encoder
     from router_training.fit import with_lexical
     from router_training.lexical import fit_lexical, pieces_of
 
     rows, _ = load_all(a.cache, log=lambda *_: None)
-    encoder, info = _encoder(a.encoder, "head_tail")
+    encoder, info = load_encoder(a.encoder, "head_tail")
     x = embed_all(
-        encoder, [e.prompt for e in rows], cache=cache_dir(a.cache, _cache_key(info), "head_tail")
+        encoder, [e.prompt for e in rows], cache=cache_dir(a.cache, cache_key(info), "head_tail")
     )
     # As build-default: with the lexical block. Tokenized once; each C keeps other rows.
     words = None

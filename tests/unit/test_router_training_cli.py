@@ -13,7 +13,7 @@ import yaml
 
 from coe_router.routing import trained
 from coe_router.routing.artifact import RouterArtifact
-from router_training import cli
+from router_training import cli, embed
 from router_training.data import write_jsonl
 from tests.unit.test_routing_support import FakeEncoder, catalog, synthetic
 
@@ -25,7 +25,7 @@ def fake_encoder(monkeypatch: pytest.MonkeyPatch) -> FakeEncoder:
     def _encoder(spec: str, long_text: str) -> tuple[FakeEncoder, dict[str, Any]]:
         return enc, {"spec": spec, "long_text": long_text, "dim": enc.dim, "name": "fake"}
 
-    monkeypatch.setattr(cli, "_encoder", _encoder)
+    monkeypatch.setattr(embed, "load_encoder", _encoder)
     monkeypatch.setattr(trained, "encoder_for", lambda spec, override=None: enc)
     return enc
 
