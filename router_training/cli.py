@@ -236,7 +236,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import READ_WEIGHTS, build_default, default_c
+    from router_training.default import PRIOR_STRENGTH, READ_WEIGHTS, build_default, default_c
     from router_training.fit import FitConfig
     from router_training.realprompts import READ_SOURCE
 
@@ -250,7 +250,12 @@ def cmd_build_default(a: argparse.Namespace) -> int:
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
     c = a.C if a.C is not None else default_c(a.encoder)
-    config = FitConfig(C=c, source_weights=READ_WEIGHTS, traffic_prior_source=READ_SOURCE)
+    config = FitConfig(
+        C=c,
+        source_weights=READ_WEIGHTS,
+        traffic_prior_source=READ_SOURCE,
+        prior_strength=PRIOR_STRENGTH,
+    )
     build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")
     return 0

@@ -60,6 +60,9 @@ SHAREGPT_GENERAL_CAP = 1500
 #: each C). By accuracy alone (the second round) C 0.25 was best, and it sent a textbook
 #: derivative to writing.
 READ_WEIGHTS = {READ_SOURCE: 12.0}
+#: How hard the traffic prior pulls (:attr:`FitConfig.prior_strength`), chosen with
+#: :data:`READ_WEIGHTS` by ``tune``.
+PRIOR_STRENGTH = 1.0
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -47,6 +47,13 @@ class FitConfig:
     #: trained class-balanced; adding log(prior) to its intercepts turns that into the
     #: traffic's odds (most real requests are code, writing or general, few are law).
     traffic_prior_source: str | None = None
+    #: How hard the traffic prior pulls: its log is scaled by this. 1 is the traffic's own
+    #: odds; less keeps the rare categories (math, law) reachable. Chosen by ``tune``.
+    prior_strength: float = 1.0
+    #: Once the validation split has given the temperature and the validation metrics,
+    #: fit the classifier again on every example: the split's rows are not wasted, and the
+    #: served classifier is the one ``tune`` cross-validated (trained on all it is given).
+    refit: bool = True
 
 
 def library_versions() -> dict[str, str]:
@@ -164,11 +171,8 @@ def fit(
         design[tr], y[tr], len(labels), config.C, config.seed, weights[tr]
     )
     prior = traffic_prior(examples, labels, config.traffic_prior_source)
-    if prior is not None:
-        intercept = (intercept + np.log(prior)).astype(np.float32)
-    val_logits = np.asarray(design[va] @ coef.T) + intercept
-    d = x.shape[1]
-    coef, lexical_coef = coef[:, :d], coef[:, d:]
+    log_prior = np.zeros(len(labels)) if prior is None else config.prior_strength * np.log(prior)
+    val_logits = np.asarray(design[va] @ coef.T) + intercept + log_prior
     temperature = fit_temperature(val_logits, y[va])
     metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
     if len(va):
@@ -182,6 +186,12 @@ def fit(
             ),
             validation_ece=round(expected_calibration_error(conf, pred == y[va]), 4),
         )
+    if config.refit and len(va):
+        coef, intercept = train_classifier(design, y, len(labels), config.C, config.seed, weights)
+        metrics["n_refit"] = len(y)  # the validation metrics describe the split's fit
+    intercept = (intercept + log_prior).astype(np.float32)
+    d = x.shape[1]
+    coef, lexical_coef = coef[:, :d], coef[:, d:]
     centroids = np.zeros_like(coef)
     for c in range(len(labels)):
         if (y == c).any():
@@ -213,7 +223,9 @@ def fit(
             else {
                 "source": config.traffic_prior_source,
                 "prior": {c: round(float(p), 4) for c, p in zip(labels, prior, strict=True)},
+                "strength": config.prior_strength,
             },
+            "refit": config.refit,
             "val_fraction": config.val_fraction,
             "seed": config.seed,
         },

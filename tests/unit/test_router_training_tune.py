@@ -6,7 +6,7 @@ import numpy as np
 
 from router_training.data import Example
 from router_training.taxonomy import CATEGORIES
-from router_training.tune import conversation_folds, cross_validate
+from router_training.tune import NEAR_TIE, Scores, best_setting, conversation_folds, cross_validate
 
 
 def read(cid: str, category: str = "code") -> Example:
@@ -33,11 +33,34 @@ def test_cross_validation_learns_a_signal_and_not_noise() -> None:
         (400, 16)
     )
     rows = [read(f"c{i}_0", c) for i, c in enumerate(labels)]
-    accuracies, macro = cross_validate(rows, signal.astype(np.float32), c=1.0, weight=3.0)
+    [(accuracies, macro)] = cross_validate(rows, signal.astype(np.float32), 1.0, 3.0).values()
     assert len(accuracies) == 5
     assert min(accuracies) > 0.9
     assert macro > 0.9
     noise = rng.standard_normal((400, 16)).astype(np.float32)
-    accuracies, macro = cross_validate(rows, noise, c=1.0, weight=3.0)
+    [(accuracies, macro)] = cross_validate(rows, noise, c=1.0, weight=3.0).values()
     assert np.mean(accuracies) < 0.45
     assert macro < 0.45
+
+
+def test_a_weaker_traffic_prior_recalls_the_rare_category_more() -> None:
+    # 90% code, 10% math, overlapping: the full prior pulls doubtful math to code.
+    rng = np.random.default_rng(1)
+    labels = ["code"] * 360 + ["math"] * 40
+    x = np.array([[0.0] if c == "code" else [1.2] for c in labels]) + rng.standard_normal((400, 1))
+    rows = [read(f"c{i}_0", c) for i, c in enumerate(labels)]
+    got = cross_validate(rows, x.astype(np.float32), 1.0, 1.0, strengths=(0.0, 1.0))
+    (acc_none, macro_none), (acc_full, macro_full) = got[0.0], got[1.0]
+    assert macro_none > macro_full + 0.1  # math is found more often without the prior
+    assert np.mean(acc_full) > np.mean(acc_none)  # and the traffic's odds are more accurate
+
+
+def test_best_setting_is_accuracy_first_and_macro_recall_among_near_ties() -> None:
+    results: dict[tuple[float, ...], Scores] = {
+        (1.0,): ([0.80] * 5, 0.40),
+        (2.0,): ([0.80 - NEAR_TIE / 2] * 5, 0.60),  # a near tie with more macro recall
+        (3.0,): ([0.80 - 2 * NEAR_TIE] * 5, 0.90),  # clearly less accurate
+    }
+    assert best_setting(results) == (2.0,)
+    del results[(2.0,)]
+    assert best_setting(results) == (1.0,)

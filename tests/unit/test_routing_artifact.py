@@ -10,6 +10,7 @@ import pytest
 
 from coe_router.errors import ConfigError
 from coe_router.routing.artifact import RouterArtifact
+from router_training.fit import FitConfig, fit, traffic_prior, train_classifier
 from tests.unit.test_routing_support import FakeEncoder, fitted, synthetic
 
 
@@ -66,3 +67,44 @@ def test_other_format_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(ConfigError, match="is not a coe-router/router-artifact"):
         RouterArtifact.load(tmp_path)
+
+
+def test_the_served_classifier_is_refit_on_every_row_after_calibration() -> None:
+    enc = FakeEncoder()
+    rows = synthetic()
+    x = enc.encode([r.prompt for r in rows])
+    y = np.array([sorted({r.category for r in rows}).index(r.category) for r in rows])
+    refit, split = fitted(enc), fitted(enc, refit=False)
+    coef, intercept = train_classifier(x, y, 4, 2.0, 0)
+    assert refit.manifest["metrics"]["n_refit"] == len(rows)
+    assert np.allclose(refit.arrays["category_coef"], coef, atol=1e-4)
+    assert np.allclose(refit.arrays["category_intercept"], intercept, atol=1e-4)
+    assert not np.allclose(split.arrays["category_coef"], coef, atol=1e-4)  # 85% of the rows
+    # The temperature and the validation metrics come from the split's fit either way.
+    assert (
+        refit.manifest["metrics"]["validation_accuracy"]
+        == (split.manifest["metrics"]["validation_accuracy"])
+    )
+    assert refit.temperature == split.temperature
+
+
+def test_prior_strength_scales_the_traffic_prior_in_the_intercepts() -> None:
+    rows = synthetic()
+    x = FakeEncoder().encode([r.prompt for r in rows])
+    info = {"spec": "fake", "long_text": "truncate", "dim": x.shape[1], "name": "fake"}
+    arts = {
+        s: fit(
+            rows,
+            x,
+            info,
+            FitConfig(fit_skills=False, traffic_prior_source="src-code", prior_strength=s),
+        )
+        for s in (0.0, 0.5, 1.0)
+    }
+    prior = traffic_prior(rows, arts[1.0].labels, "src-code")
+    assert prior is not None
+    base = arts[0.0].arrays["category_intercept"]
+    for s in (0.5, 1.0):
+        shift = arts[s].arrays["category_intercept"] - base
+        assert np.allclose(shift, s * np.log(prior), atol=1e-4)
+    assert arts[0.5].manifest["fit"]["traffic_prior"]["strength"] == 0.5
