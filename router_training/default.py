@@ -53,7 +53,7 @@ REQUEST_SOURCES = (
 BENCHMARK_SOURCES = ("mmlu", "gsm8k", "math", "humaneval", "medmcqa")
 SHAREGPT_GENERAL_CAP = 1500
 #: Read-labelled real requests weigh 24, C is 2 and the traffic prior pulls at 0.25: the
-#: best point of ``python -m router_training tune`` (5-fold cross-validation on the 13,048
+#: best point of ``python -m router_training tune`` (5-fold cross-validation on the 13,044
 #: read-labelled TRAINING turns, folds by conversation, never the frozen set; with the
 #: lexical block; :func:`~router_training.tune.best_setting`: accuracy first, macro recall
 #: among near ties): 0.768 with macro recall 0.584. The most accurate point, C 2, weight 12,
