@@ -55,15 +55,14 @@ def _catalog(path: Path | None) -> Any:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
-    from router_training.embed import cache_dir, embed_all
     from router_training.fit import FitConfig, fit
 
     examples = _read(a.data, a.skip_bad)
     encoder, info = embed.load_encoder(a.encoder, a.long_text)
-    x = embed_all(
+    x = embed.embed_all(
         encoder,
         [e.prompt for e in examples],
-        cache=cache_dir(a.cache, embed.cache_key(info), a.long_text) if a.cache else None,
+        cache=embed.cache_dir(a.cache, embed.cache_key(info), a.long_text) if a.cache else None,
     )
     config = FitConfig(
         C=a.C,
@@ -159,14 +158,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from coe_router.routing.artifact import RouterArtifact
     from coe_router.routing.category import category_expert_map
     from router_training.calibrate import assign, fallback_threshold, fit_shares, shares
-    from router_training.embed import embed_all
 
     artifact = RouterArtifact.load(a.router)
     examples = _read(a.data, a.skip_bad)
     encoder, _ = embed.load_encoder(
         str(artifact.encoder["spec"]), str(artifact.encoder["long_text"])
     )
-    x = embed_all(artifact.feature_encoder(encoder), [e.prompt for e in examples])
+    x = embed.embed_all(artifact.feature_encoder(encoder), [e.prompt for e in examples])
     log_p = np.log(artifact.category_proba(x, biased=False) + 1e-12)
     catalog = _catalog(a.catalog)
     expert_of = category_expert_map(catalog, artifact.labels)
@@ -222,11 +220,10 @@ def cmd_profile(a: argparse.Namespace) -> int:
     write_scores(a.output / "scores.jsonl", examples, per_example)
     if a.artifact:
         from coe_router.routing.artifact import RouterArtifact
-        from router_training.embed import embed_all
 
         art = RouterArtifact.load(a.artifact)
         encoder, _ = embed.load_encoder(str(art.encoder["spec"]), str(art.encoder["long_text"]))
-        x = embed_all(encoder, [e.prompt for e in examples])
+        x = embed.embed_all(encoder, [e.prompt for e in examples])
         np.savez(a.output / "pilots.npz", **pilots(x, per_example))
     for name, p in profiles["experts"].items():
         cats = ", ".join(f"{c} {v['score']:.2f}" for c, v in p["categories"].items())

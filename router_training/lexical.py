@@ -89,8 +89,6 @@ def fit_lexical(
         order = np.argsort(keys)
         keys, df = keys[order], df[order]
     idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-    keys = keys.astype(np.int64)
-    matrix = tfidf_rows(
-        LexicalBlock(keys, idf, np.zeros((1, len(keys)), np.float32), vocab_size), pieces
-    )
-    return LexicalFeatures(keys, idf, vocab_size, matrix, min_df, max_features)
+    features = LexicalFeatures(keys.astype(np.int64), idf, vocab_size, None, min_df, max_features)
+    features.matrix = features.rows(pieces)
+    return features

@@ -10,7 +10,7 @@ import pytest
 
 from coe_router.errors import ConfigError
 from coe_router.routing.artifact import RouterArtifact
-from router_training.fit import FitConfig, fit, traffic_prior, train_classifier
+from router_training.fit import traffic_prior, train_classifier
 from tests.unit.test_routing_support import FakeEncoder, fitted, synthetic
 
 
@@ -89,19 +89,11 @@ def test_the_served_classifier_is_refit_on_every_row_after_calibration() -> None
 
 
 def test_prior_strength_scales_the_traffic_prior_in_the_intercepts() -> None:
-    rows = synthetic()
-    x = FakeEncoder().encode([r.prompt for r in rows])
-    info = {"spec": "fake", "long_text": "truncate", "dim": x.shape[1], "name": "fake"}
     arts = {
-        s: fit(
-            rows,
-            x,
-            info,
-            FitConfig(fit_skills=False, traffic_prior_source="src-code", prior_strength=s),
-        )
+        s: fitted(fit_skills=False, traffic_prior_source="src-code", prior_strength=s)
         for s in (0.0, 0.5, 1.0)
     }
-    prior = traffic_prior(rows, arts[1.0].labels, "src-code")
+    prior = traffic_prior(synthetic(), arts[1.0].labels, "src-code")
     assert prior is not None
     base = arts[0.0].arrays["category_intercept"]
     for s in (0.5, 1.0):
