@@ -233,7 +233,13 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import PRIOR_STRENGTH, READ_WEIGHTS, build_default, default_c
+    from router_training.default import (
+        OTHER_LANGUAGE_STRENGTH,
+        PRIOR_STRENGTH,
+        READ_WEIGHTS,
+        build_default,
+        default_c,
+    )
     from router_training.fit import FitConfig
     from router_training.realprompts import READ_SOURCE
 
@@ -252,6 +258,7 @@ def cmd_build_default(a: argparse.Namespace) -> int:
         source_weights=READ_WEIGHTS,
         traffic_prior_source=READ_SOURCE,
         prior_strength=PRIOR_STRENGTH,
+        other_language_strength=OTHER_LANGUAGE_STRENGTH,
     )
     build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")

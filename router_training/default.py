@@ -65,6 +65,10 @@ READ_WEIGHTS = {READ_SOURCE: 24.0}
 #: How hard the traffic prior pulls (:attr:`FitConfig.prior_strength`), chosen with
 #: :data:`READ_WEIGHTS` by ``tune``.
 PRIOR_STRENGTH = 0.25
+#: The prior's strength for prompts not in English
+#: (:attr:`FitConfig.other_language_strength`): ``tune``'s most accurate strength on the 66
+#: non-English read training turns at the point above (TUNE_PLACEHOLDER).
+OTHER_LANGUAGE_STRENGTH = 1.0
 ROOT = Path(__file__).resolve().parents[1]
 
 

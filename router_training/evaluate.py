@@ -90,7 +90,7 @@ def per_language(examples: Sequence[Example], predicted: Sequence[str]) -> dict[
     """Accuracy per detected language (``extra["lang"]`` when given): English, every
     language with at least 10 examples, the rest pooled as ``other``, and all non-English
     together as ``non-en``."""
-    from router_training.realprompts import language
+    from coe_router.routing.language import language
 
     hits: dict[str, list[bool]] = {}
     for ex, p in zip(examples, predicted, strict=True):

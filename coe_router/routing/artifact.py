@@ -21,6 +21,10 @@ word pieces with its own ``(C, F)`` coefficients (:mod:`coe_router.routing.lexic
 Its logits are appended to each embedding row by :meth:`RouterArtifact.feature_encoder`
 and added to the category logits, so such an artifact classifies ``(D + C)``-wide rows.
 
+Optionally ``category_language_offset`` ``(C,)`` (manifest key ``language``): added to the
+category logits of a prompt not in English (:mod:`coe_router.routing.language`); the
+flag is the last column of each row, so rows are one wider again.
+
 Expert profiles (``profiles.json``, written by ``router_training profile``) live here
 too: they are the other half of the contract between training and serving.
 """
@@ -39,6 +43,7 @@ from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Encoder
+from coe_router.routing.language import LanguageEncoder
 from coe_router.routing.lexical import (
     LEXICAL,
     LexicalBlock,
@@ -105,34 +110,56 @@ class RouterArtifact:
         """Embedding size (the width of ``category_coef``)."""
         return int(self.arrays["category_coef"].shape[1])
 
+    @property
+    def language_offset(self) -> Array | None:
+        """``(C,)`` logits added for a prompt not in English, or None (see module doc)."""
+        return self.arrays.get("category_language_offset")
+
+    @property
+    def row_width(self) -> int:
+        """Width of the rows :meth:`category_proba` reads: the embedding, the lexical
+        block's logits, the not-English flag (each when the artifact has it)."""
+        lexical = self.lexical.n_classes if self.lexical is not None else 0
+        return self.dim + lexical + (self.language_offset is not None)
+
     def feature_encoder(self, encoder: Encoder) -> Encoder:
-        """What this artifact classifies: ``encoder`` itself, or with a lexical block the
-        encoder's rows followed by the block's logits (the encoder must hand over its word
-        pieces: the static encoder)."""
-        if self.lexical is None:
-            return encoder
-        if not isinstance(encoder, PieceEncoder):
-            raise ConfigError(
-                "router artifact has a lexical block, which needs the static encoder's word "
-                f"pieces; {type(encoder).__name__} has none"
-            )
-        return LexicalEncoder(encoder, self.lexical)
+        """What this artifact classifies: ``encoder`` itself; with a lexical block, its rows
+        followed by the block's logits (the encoder must hand over its word pieces: the
+        static encoder); with a language offset, then the not-English flag."""
+        features = encoder
+        if self.lexical is not None:
+            if not isinstance(encoder, PieceEncoder):
+                raise ConfigError(
+                    "router artifact has a lexical block, which needs the static encoder's "
+                    f"word pieces; {type(encoder).__name__} has none"
+                )
+            features = LexicalEncoder(encoder, self.lexical)
+        if self.language_offset is not None:
+            features = LanguageEncoder(features)
+        return features
 
     def category_proba(self, embeddings: Array, *, biased: bool = True) -> Array:
         """Calibrated category probabilities, one row per embedding (rows of
         :meth:`feature_encoder`); with the calibrated traffic-share offsets unless
         ``biased`` is false."""
         d = self.dim
+        if embeddings.shape[1] != self.row_width:
+            parts = [f"embedding {d}"]
+            if self.lexical is not None:
+                parts.append(f"lexical block logits {self.lexical.n_classes}")
+            if self.language_offset is not None:
+                parts.append("language flag 1")
+            raise ConfigError(
+                f"router artifact reads rows {self.row_width} wide ({' + '.join(parts)}: see "
+                f"feature_encoder), not {embeddings.shape[1]}"
+            )
         logits = embeddings[:, :d] @ self.arrays["category_coef"].T
         logits = logits + self.arrays["category_intercept"]
+        offset = self.language_offset
         if self.lexical is not None:
-            if embeddings.shape[1] != d + self.lexical.n_classes:
-                raise ConfigError(
-                    f"router artifact has a lexical block: rows must be {d} + "
-                    f"{self.lexical.n_classes} wide (see feature_encoder), not "
-                    f"{embeddings.shape[1]}"
-                )
-            logits = logits + embeddings[:, d:]
+            logits = logits + embeddings[:, d : d + self.lexical.n_classes]
+        if offset is not None:
+            logits = logits + embeddings[:, -1:] * offset
         logits = logits / self.temperature
         if biased:
             logits = logits + self.category_bias
@@ -223,6 +250,9 @@ class RouterArtifact:
                 f"{where}: category_coef has shape {self.arrays['category_coef'].shape}, "
                 f"expected ({n}, {dim}) from the manifest"
             )
+        offset = self.language_offset
+        if offset is not None and offset.shape != (n,):
+            raise ConfigError(f"{where}: category_language_offset does not match the labels")
         if self.skills and self.arrays.get("skill_coef", np.zeros(0)).shape != (
             len(self.skills),
             dim,

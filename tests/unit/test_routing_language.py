@@ -1,0 +1,108 @@
+"""The language flag: lid.176 on the prompt's head, and the offset a router adds for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coe_router.errors import ConfigError
+from coe_router.routing.artifact import RouterArtifact, softmax
+from coe_router.routing.category import CategoryRouter
+from coe_router.routing.language import WINDOW, LanguageEncoder, language, not_english
+from router_training.fit import traffic_prior
+from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, synthetic, user
+
+ENGLISH = "please write a poem essay story with rhyme"
+SPANISH = "por favor escribe un poem essay story con rima, muchas gracias amigo"
+
+
+def offset_artifact(enc: FakeEncoder, strength: float = 5.0) -> RouterArtifact:
+    # The prior is src-code's label shares: almost all code. At strength 0 for English
+    # and ``strength`` for other languages, the offset pulls non-English prompts to code.
+    return fitted(
+        enc,
+        fit_skills=False,
+        traffic_prior_source="src-code",
+        prior_strength=0.0,
+        other_language_strength=strength,
+    )
+
+
+def test_language_detection_needs_no_download() -> None:
+    assert language("How do I reverse a list in Python?") == "en"
+    assert language("Écris-moi un poème sur la mer, s'il te plaît.") == "fr"
+    assert language("写一个关于护士的故事") == "zh"
+    assert language(SPANISH) == "es"
+
+
+def test_nothing_to_judge_by_is_undecided_and_counts_as_english() -> None:
+    for text in ("", "   \n\t ", "\n\n"):
+        assert language(text) == "und"
+        assert not not_english(text)
+    assert not_english(SPANISH)
+    assert not not_english(ENGLISH)
+    assert not not_english("import numpy as np\nx = np.zeros(3)")
+
+
+def test_only_the_head_of_a_long_prompt_is_read() -> None:
+    # An English request followed by a long foreign paste is judged by its head.
+    assert not not_english(ENGLISH + " " + "x" * (WINDOW - len(ENGLISH)) + SPANISH * 50)
+    assert not_english(SPANISH * 10 + ENGLISH * 50)
+
+
+def test_language_encoder_appends_the_flag_column() -> None:
+    enc = FakeEncoder()
+    rows = LanguageEncoder(enc).encode([ENGLISH, SPANISH, ""])
+    assert LanguageEncoder(enc).dim == enc.dim + 1
+    assert rows.shape == (3, enc.dim + 1)
+    assert rows.dtype == np.float32
+    assert rows[:, -1].tolist() == [0.0, 1.0, 0.0]
+    assert np.allclose(rows[:, :-1], enc.encode([ENGLISH, SPANISH, ""]))
+
+
+def test_fit_stores_the_difference_of_the_two_strengths_as_the_offset() -> None:
+    art = offset_artifact(FakeEncoder(), strength=2.0)
+    prior = traffic_prior(synthetic(), art.labels, "src-code")
+    assert prior is not None
+    assert art.language_offset is not None
+    assert np.allclose(art.language_offset, 2.0 * np.log(prior), atol=1e-5)
+    assert art.manifest["fit"]["traffic_prior"]["other_language_strength"] == 2.0
+    assert art.manifest["language"]["window_chars"] == WINDOW
+    plain = fitted(FakeEncoder(), fit_skills=False, traffic_prior_source="src-code")
+    assert plain.language_offset is None
+    assert "language" not in plain.manifest
+
+
+def test_the_offset_moves_exactly_the_flagged_rows(tmp_path: Path) -> None:
+    enc = FakeEncoder()
+    art = offset_artifact(enc)
+    art.save(tmp_path / "a")
+    back = RouterArtifact.load(tmp_path / "a")
+    assert back.language_offset is not None
+    rows = back.feature_encoder(enc).encode([ENGLISH, SPANISH])
+    assert rows.shape[1] == back.row_width == enc.dim + 1
+    got = back.category_proba(rows)
+    logits = rows[:, :-1] @ back.arrays["category_coef"].T + back.arrays["category_intercept"]
+    logits[1] += back.language_offset
+    assert np.allclose(got, softmax(logits / back.temperature), atol=1e-5)
+    with pytest.raises(ConfigError, match=r"rows \d+ wide"):
+        back.category_proba(enc.encode([ENGLISH]))  # without the flag column
+
+
+def test_an_offset_of_the_wrong_length_is_caught(tmp_path: Path) -> None:
+    art = offset_artifact(FakeEncoder())
+    art.arrays["category_language_offset"] = np.zeros(2, np.float32)
+    art.save(tmp_path)
+    with pytest.raises(ConfigError, match="category_language_offset"):
+        RouterArtifact.load(tmp_path)
+
+
+async def test_the_router_leans_on_the_prior_for_a_prompt_not_in_english() -> None:
+    enc = FakeEncoder()
+    plain = fitted(enc, fit_skills=False, traffic_prior_source="src-code", prior_strength=0.0)
+    for art, spanish in ((plain, "writer"), (offset_artifact(enc), "coder")):
+        r = CategoryRouter(catalog(), {"_artifact": art, "encoder": enc, "threshold": 0.0})
+        assert (await r.route(user(ENGLISH))).expert == "writer"
+        assert (await r.route(user(SPANISH))).expert == spanish
