@@ -66,8 +66,8 @@ class TrainedCore:
 
     With ``lexical`` (the default) the rows it embeds are the artifact's
     :meth:`~coe_router.routing.artifact.RouterArtifact.feature_encoder` rows: embedding,
-    then the lexical block's logits when the artifact has one. A strategy that compares
-    embeddings only (the retriever) passes ``lexical=False``.
+    then the lexical block's logits and the not-English flag when the artifact has them. A
+    strategy that compares embeddings only (the retriever) passes ``lexical=False``.
     """
 
     def __init__(self, strategy: str, options: Mapping[str, Any], *, lexical: bool = True) -> None:
