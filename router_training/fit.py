@@ -181,10 +181,10 @@ def fit(
     offset = None
     if prior is not None and config.other_language_strength is not None:
         offset = (config.other_language_strength - config.prior_strength) * np.log(prior)
-    val_logits = np.asarray(design[va] @ coef.T) + intercept + log_prior
+    val_logits: Array = (np.asarray(design[va] @ coef.T) + intercept + log_prior).astype(np.float32)
     if offset is not None:  # the temperature is fitted on the logits serving computes
-        flags = np.array([not_english(examples[i].prompt) for i in va], dtype=np.float64)
-        val_logits = val_logits + flags[:, None] * offset
+        flags = np.array([not_english(examples[i].prompt) for i in va], dtype=np.float32)
+        val_logits = (val_logits + flags[:, None] * offset).astype(np.float32)
     temperature = fit_temperature(val_logits, y[va])
     metrics: dict[str, Any] = {"n_train": len(tr), "n_validation": len(va)}
     if len(va):

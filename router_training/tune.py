@@ -184,11 +184,11 @@ def cmd_tune(a: argparse.Namespace) -> int:
         f"prior {s:g} ({np.mean(best.folds):.4f}, {best.macro:.4f})"
     )
     at_best = {k[2]: r for k, r in results.items() if k[:2] == (c, w)}
-    other = other_language_strength(at_best, s)
-    if other is not None:
+    strength = other_language_strength(at_best, s)
+    if strength is not None:
         n = int(sum(foreign[i] and rows[i].source == READ_SOURCE for i in range(len(rows))))
         print(
             f"prior for prompts not in English ({n} read turns; most accurate there, at C "
-            f"{c:g}, weight {w:g}): {other:g} ({at_best[other].other:.4f})"
+            f"{c:g}, weight {w:g}): {strength:g} ({at_best[strength].other or 0.0:.4f})"
         )
     return 0
