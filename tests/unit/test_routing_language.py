@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from coe_router.errors import ConfigError
 from coe_router.routing.artifact import RouterArtifact, softmax
 from coe_router.routing.category import CategoryRouter
-from coe_router.routing.language import WINDOW, LanguageEncoder, language, not_english
+from coe_router.routing.language import JUDGED, WINDOW, LanguageEncoder, language, not_english
 from router_training.fit import traffic_prior
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, synthetic, user
 
@@ -46,10 +47,16 @@ def test_nothing_to_judge_by_is_undecided_and_counts_as_english() -> None:
     assert not not_english("import numpy as np\nx = np.zeros(3)")
 
 
-def test_only_the_head_of_a_long_prompt_is_read() -> None:
-    # An English request followed by a long foreign paste is judged by its head.
-    assert not not_english(ENGLISH + " " + "x" * (WINDOW - len(ENGLISH)) + SPANISH * 50)
-    assert not_english(SPANISH * 10 + ENGLISH * 50)
+def test_only_the_head_of_a_long_prompt_is_judged(caplog: pytest.LogCaptureFixture) -> None:
+    # An English request followed by a long foreign paste is judged by its head; whitespace
+    # is collapsed first, so a padded head still counts.
+    assert len(ENGLISH) + 1 < JUDGED
+    assert not not_english(ENGLISH + " " + SPANISH * 50)
+    assert not_english(SPANISH + "\n" * (WINDOW - len(SPANISH) - 1) + ENGLISH * 50)
+    assert language(" " * (WINDOW + 1) + SPANISH) == "und"  # nothing but blanks in the window
+    with caplog.at_level(logging.INFO):
+        language(SPANISH * 50)
+    assert not caplog.records  # the cut is ours: the library logs nothing per prompt
 
 
 def test_language_encoder_appends_the_flag_column() -> None:
