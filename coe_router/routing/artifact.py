@@ -115,6 +115,11 @@ class RouterArtifact:
         """``(C,)`` logits added for a prompt not in English, or None (see module doc)."""
         return self.arrays.get("category_language_offset")
 
+    def flags_not_english(self, row: Array) -> bool:
+        """Whether one row of :meth:`feature_encoder` carries the not-English flag (always
+        False for an artifact without a language offset)."""
+        return self.language_offset is not None and bool(row[-1] > 0.5)
+
     @property
     def row_width(self) -> int:
         """Width of the rows :meth:`category_proba` reads: the embedding, the lexical

@@ -98,6 +98,8 @@ class CategoryRouter:
         else:
             expert = self.expert_of[category]
             reason = f"classified {category!r} ({confidence:.2f})"
+        if self.core.artifact.flags_not_english(latest):
+            reason += "; not in English, so the traffic prior weighs more"
         if mixed.sticky:
             reason += "; kept the conversation's topic"
         elif mixed.switched:

@@ -111,5 +111,10 @@ async def test_the_router_leans_on_the_prior_for_a_prompt_not_in_english() -> No
     plain = fitted(enc, fit_skills=False, traffic_prior_source="src-code", prior_strength=0.0)
     for art, spanish in ((plain, "writer"), (offset_artifact(enc), "coder")):
         r = CategoryRouter(catalog(), {"_artifact": art, "encoder": enc, "threshold": 0.0})
-        assert (await r.route(user(ENGLISH))).expert == "writer"
-        assert (await r.route(user(SPANISH))).expert == spanish
+        english = await r.route(user(ENGLISH))
+        assert english.expert == "writer"
+        assert "not in English" not in (english.reason or "")
+        other = await r.route(user(SPANISH))
+        assert other.expert == spanish
+        # The decision says why, when the artifact treats such prompts differently.
+        assert ("not in English" in (other.reason or "")) == (art.language_offset is not None)
