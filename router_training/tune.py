@@ -109,9 +109,9 @@ def best_setting(results: dict[tuple[float, ...], Scores]) -> tuple[float, ...]:
     """The grid point to build with: the best macro recall among those within
     :data:`NEAR_TIE` of the best mean accuracy. Accuracy is the goal; macro recall keeps
     a textbook derivative from going to writing when accuracy cannot tell two apart."""
-    best = max(float(np.mean(r[0])) for r in results.values())
-    near = [k for k, r in results.items() if float(np.mean(r[0])) >= best - NEAR_TIE]
-    return max(near, key=lambda k: (results[k][1], float(np.mean(results[k][0]))))
+    best = max(float(np.mean(r.folds)) for r in results.values())
+    near = [k for k, r in results.items() if float(np.mean(r.folds)) >= best - NEAR_TIE]
+    return max(near, key=lambda k: (results[k].macro, float(np.mean(results[k].folds))))
 
 
 def other_language_strength(by_strength: dict[float, Scores], chosen: float) -> float | None:
@@ -186,7 +186,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     at_best = {k[2]: r for k, r in results.items() if k[:2] == (c, w)}
     strength = other_language_strength(at_best, s)
     if strength is not None:
-        n = int(sum(foreign[i] and rows[i].source == READ_SOURCE for i in range(len(rows))))
+        n = sum(bool(f) and e.source == READ_SOURCE for f, e in zip(foreign, rows, strict=True))
         print(
             f"prior for prompts not in English ({n} read turns; most accurate there, at C "
             f"{c:g}, weight {w:g}): {strength:g} ({at_best[strength].other or 0.0:.4f})"

@@ -86,6 +86,7 @@ def test_fit_stores_the_difference_of_the_two_strengths_as_the_offset() -> None:
     assert np.allclose(art.language_offset, 2.0 * np.log(prior), atol=1e-5)
     assert art.manifest["fit"]["traffic_prior"]["other_language_strength"] == 2.0
     assert art.manifest["language"]["window_chars"] == WINDOW
+    assert art.manifest["language"]["judged_chars"] == JUDGED
     plain = fitted(FakeEncoder(), fit_skills=False, traffic_prior_source="src-code")
     assert plain.language_offset is None
     assert "language" not in plain.manifest
