@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Encoder
-from coe_router.routing.language import LanguageEncoder
+from coe_router.routing.language import JUDGED, WINDOW, LanguageEncoder
 from coe_router.routing.lexical import (
     LEXICAL,
     LexicalBlock,
@@ -258,11 +258,27 @@ class RouterArtifact:
         offset = self.language_offset
         if offset is not None and offset.shape != (n,):
             raise ConfigError(f"{where}: category_language_offset does not match the labels")
+        if offset is not None:
+            self._check_language_window(where)
         if self.skills and self.arrays.get("skill_coef", np.zeros(0)).shape != (
             len(self.skills),
             dim,
         ):
             raise ConfigError(f"{where}: skill_coef does not match the manifest's skills")
+
+    def _check_language_window(self, where: str) -> None:
+        """The detector reads the prompt as it did in training: the offset was fitted on
+        the flags of that window, so another window would serve another router silently."""
+        block = self.manifest.get("language")
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where}: a language offset needs the manifest's 'language' block")
+        trained = (block.get("window_chars"), block.get("judged_chars"))
+        if trained != (WINDOW, JUDGED):
+            raise ConfigError(
+                f"{where}: fitted with the language detector reading {trained[0]} characters "
+                f"and judging {trained[1]}, but this coe-router reads {WINDOW} and judges "
+                f"{JUDGED} (retrain the router with this version)"
+            )
 
 
 def softmax(logits: Array) -> Array:

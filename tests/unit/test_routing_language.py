@@ -14,6 +14,7 @@ from coe_router.routing.artifact import RouterArtifact, softmax
 from coe_router.routing.category import CategoryRouter
 from coe_router.routing.language import JUDGED, WINDOW, LanguageEncoder, language, not_english
 from router_training.fit import traffic_prior
+from tests.support import ROOT
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, synthetic, user
 
 ENGLISH = "please write a poem essay story with rhyme"
@@ -128,3 +129,36 @@ async def test_the_router_leans_on_the_prior_for_a_prompt_not_in_english() -> No
         assert other.expert == spanish
         # The decision says why, when the artifact treats such prompts differently.
         assert ("not in English" in (other.reason or "")) == (art.language_offset is not None)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"window_chars": WINDOW + 100, "judged_chars": JUDGED},
+        {"window_chars": WINDOW, "judged_chars": JUDGED * 2},
+        {"window_chars": WINDOW},
+        None,
+    ],
+)
+def test_an_offset_fitted_on_another_detector_window_is_refused(
+    tmp_path: Path, block: dict[str, int] | None
+) -> None:
+    # The offset was fitted on flags read through one window; serving another would
+    # route a different slice differently, silently.
+    art = offset_artifact(FakeEncoder())
+    if block is None:
+        del art.manifest["language"]
+    else:
+        art.manifest["language"] = {**art.manifest["language"], **block}
+        if "judged_chars" not in block:
+            del art.manifest["language"]["judged_chars"]
+    art.save(tmp_path)
+    with pytest.raises(ConfigError, match="language"):
+        RouterArtifact.load(tmp_path)
+
+
+def test_the_shipped_routers_were_fitted_on_this_detector_window() -> None:
+    for name in ("default", "minilm"):
+        art = RouterArtifact.load(ROOT / "deploy" / "routers" / name)
+        assert art.language_offset is not None
+        assert art.manifest["language"]["window_chars"] == WINDOW
