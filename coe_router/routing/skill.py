@@ -38,6 +38,8 @@ class SkillRecruitment(Recruitment):
     skills: tuple[tuple[str, float], ...]
     category: str | None
     sticky: bool
+    #: The latest turn was flagged not English, so ``category`` leaned on the traffic prior.
+    not_english: bool = False
 
 
 class SkillRouter:
@@ -120,6 +122,7 @@ class SkillRouter:
             category=category,
             sticky=mixed.sticky,
             aggregator=self.choose_aggregator(recruits),
+            not_english=self.core.artifact.flags_not_english(latest),
         )
 
     def choose_aggregator(self, recruits: Sequence[Candidate]) -> str:
@@ -137,6 +140,9 @@ class SkillRouter:
         else:
             expert = best.expert
             reason = f"skills: {skills}; aggregator {rec.aggregator!r}"
+        if rec.not_english:
+            # Skills are read from the rows alone; only the category carries the offset.
+            reason += f"; not in English, so category {rec.category!r} leans on the traffic prior"
         return RoutingDecision(
             expert=expert,
             category=rec.category,

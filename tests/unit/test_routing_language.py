@@ -13,6 +13,7 @@ from coe_router.errors import ConfigError
 from coe_router.routing.artifact import RouterArtifact, softmax
 from coe_router.routing.category import CategoryRouter
 from coe_router.routing.language import JUDGED, WINDOW, LanguageEncoder, language, not_english
+from coe_router.routing.skill import SkillRouter
 from router_training.fit import traffic_prior
 from tests.support import ROOT
 from tests.unit.test_routing_support import FakeEncoder, catalog, fitted, synthetic, user
@@ -129,6 +130,25 @@ async def test_the_router_leans_on_the_prior_for_a_prompt_not_in_english() -> No
         assert other.expert == spanish
         # The decision says why, when the artifact treats such prompts differently.
         assert ("not in English" in (other.reason or "")) == (art.language_offset is not None)
+
+
+async def test_the_skill_router_says_when_its_category_leaned_on_the_prior() -> None:
+    enc = FakeEncoder()
+    art = fitted(
+        enc, traffic_prior_source="src-code", prior_strength=0.0, other_language_strength=5.0
+    )
+    assert art.skills
+    assert art.language_offset is not None
+    r = SkillRouter(catalog(), {"_artifact": art, "encoder": enc, "threshold": 0.0})
+    english = await r.route(user(ENGLISH))
+    assert english.category == "writing"
+    assert "not in English" not in (english.reason or "")
+    other = await r.route(user(SPANISH))
+    assert other.category == "code"  # the offset pulled the category to the prior
+    assert "not in English, so category 'code'" in (other.reason or "")
+    # The recruitment itself carries the flag, beside the category it moved.
+    assert (await r.recruit(user(SPANISH))).not_english
+    assert not (await r.recruit(user(ENGLISH))).not_english
 
 
 @pytest.mark.parametrize(
