@@ -21,8 +21,8 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import compare, embed, export, realprompts, replay, tune
-from router_training.data import DataError, Example, read_jsonl
+from router_training import compare, embed, export, fit_command, realprompts, replay, tune
+from router_training.data import DataError, Example, add_data_arguments, read_files
 
 DEFAULT_CACHE = Path(".cache/router_data")
 DEFAULT_OUT = Path("deploy/routers/default")
@@ -33,15 +33,7 @@ def _log(msg: str) -> None:
 
 
 def _read(paths: Sequence[Path], skip_bad: bool) -> list[Example]:
-    examples: list[Example] = []
-    for path in paths:
-        got, problems = read_jsonl(path, skip_bad=skip_bad)
-        for p in problems:
-            _log(f"skipped: {p}")
-        if problems:
-            _log(f"{path}: skipped {len(problems)} bad line(s), kept {len(got)}")
-        examples.extend(got)
-    return examples
+    return read_files(paths, skip_bad=skip_bad, log=_log)
 
 
 def _catalog(path: Path | None) -> Any:
@@ -52,30 +44,6 @@ def _catalog(path: Path | None) -> Any:
 
 
 # --- subcommands -------------------------------------------------------------------------------
-
-
-def cmd_fit(a: argparse.Namespace) -> int:
-    from router_training.fit import FitConfig, fit
-
-    examples = _read(a.data, a.skip_bad)
-    encoder, info = embed.load_encoder(a.encoder, a.long_text)
-    x = embed.embed_all(
-        encoder,
-        [e.prompt for e in examples],
-        cache=embed.cache_dir(a.cache, embed.cache_key(info), a.long_text) if a.cache else None,
-    )
-    config = FitConfig(
-        C=a.C,
-        val_fraction=a.val_fraction,
-        seed=a.seed,
-        fallback_threshold=a.fallback_threshold,
-        fit_skills=not a.no_skills,
-    )
-    artifact = fit(examples, x, info, config)
-    artifact.manifest["created_by"] = "python -m router_training fit " + " ".join(sys.argv[2:])
-    artifact.save(a.output)
-    _log(f"wrote {a.output}: {json.dumps(artifact.manifest['metrics'])}")
-    return 0
 
 
 def _router(a: argparse.Namespace, catalog: Any, cost_weight: float | None = None) -> Any:
@@ -281,39 +249,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m router_training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def data_args(q: argparse.ArgumentParser, many: bool = True) -> None:
-        q.add_argument(
-            "data",
-            type=Path,
-            nargs="+" if many else 1,
-            help="labelled JSONL: {prompt|messages, category[, skills, scores]}",
-        )
-        q.add_argument(
-            "--skip-bad",
-            action="store_true",
-            help="skip bad lines (each is reported) instead of stopping",
-        )
-
-    f = sub.add_parser("fit", help="labelled prompts -> router artifact")
-    data_args(f)
-    f.add_argument("-o", "--output", type=Path, required=True, help="artifact directory")
-    f.add_argument(
-        "--encoder",
-        default=STATIC_ENCODER,
-        help="static encoder dir (default), or a sentence-transformers model dir or "
-        f"package:<module>/<dir> (MiniLM: {DEFAULT_ENCODER})",
-    )
-    f.add_argument("--long-text", choices=["head_tail", "truncate"], default="head_tail")
-    f.add_argument("--C", type=float, default=2.0, help="inverse regularization")
-    f.add_argument("--val-fraction", type=float, default=0.15)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--fallback-threshold", type=float, default=0.5)
-    f.add_argument("--no-skills", action="store_true", help="no skill detectors")
-    f.add_argument("--cache", type=Path, default=None, help="embedding cache root")
-    f.set_defaults(run=cmd_fit)
-
     e = sub.add_parser("evaluate", help="accuracy, per-category P/R/F1, confusion, latency")
-    data_args(e)
+    add_data_arguments(e)
     e.add_argument("--router", type=Path, help="artifact dir (default: the gateway's router)")
     e.add_argument("--strategy", choices=["category", "skill", "retriever"], default="category")
     e.add_argument("--catalog", type=Path, help="catalog YAML (default: COE_CATALOG)")
@@ -332,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(run=cmd_evaluate)
 
     c = sub.add_parser("calibrate", help="thresholds/offsets for target traffic shares")
-    data_args(c)
+    add_data_arguments(c)
     c.add_argument("--router", type=Path, required=True)
     c.add_argument("--catalog", type=Path)
     c.add_argument("--shares", help="expert=share,... e.g. code=0.3,general=0.7")
@@ -341,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_calibrate)
 
     pr = sub.add_parser("profile", help="score each expert per category/skill (running experts)")
-    data_args(pr)
+    add_data_arguments(pr)
     pr.add_argument("--catalog", type=Path)
     pr.add_argument("-o", "--output", type=Path, required=True)
     pr.add_argument("--experts", help="comma-separated subset")
@@ -383,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
 
     # Commands that own their arguments, in their own modules.
     for name, help_, add_arguments, run in (
+        ("fit", "labelled prompts -> router artifact", fit_command.add_arguments,
+         fit_command.cmd_fit),
         ("export-data", "write a public source as labelled JSONL", export.add_arguments,
          export.cmd_export_data),
         ("replay", "the gateway's decision log -> evaluation JSONL", replay.add_arguments,

@@ -12,9 +12,10 @@ and ``source`` are optional; ``source`` is what held-out-source evaluation group
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,37 @@ def read_jsonl(path: Path, *, skip_bad: bool = False) -> tuple[list[Example], li
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples, problems
+
+
+def read_files(
+    paths: Sequence[Path], *, skip_bad: bool, log: Callable[[str], None]
+) -> list[Example]:
+    """The examples of every file in ``paths``, in order; with ``skip_bad``, each skipped
+    line and a count per file go to ``log`` (see :func:`read_jsonl`)."""
+    examples: list[Example] = []
+    for path in paths:
+        got, problems = read_jsonl(path, skip_bad=skip_bad)
+        for problem in problems:
+            log(f"skipped: {problem}")
+        if problems:
+            log(f"{path}: skipped {len(problems)} bad line(s), kept {len(got)}")
+        examples.extend(got)
+    return examples
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command's labelled JSONL files (one or more) and ``--skip-bad``."""
+    parser.add_argument(
+        "data",
+        type=Path,
+        nargs="+",
+        help="labelled JSONL: {prompt|messages, category[, skills, scores, source]}",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad lines (each is reported) instead of stopping",
+    )
 
 
 def write_jsonl(path: Path, examples: Iterable[Example]) -> int:

@@ -5,9 +5,11 @@ The encoder is replaced by the fake one (no MiniLM in unit tests)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -15,6 +17,7 @@ from coe_router.routing import trained
 from coe_router.routing.artifact import RouterArtifact
 from router_training import cli, embed
 from router_training.data import write_jsonl
+from tests.support import ROOT
 from tests.unit.test_routing_support import FakeEncoder, catalog, synthetic
 
 
@@ -144,3 +147,60 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
         cli.main([command, "--help"])
     assert exit_.value.code == 0
     assert "usage: python -m router_training " + command in capsys.readouterr().out
+
+
+def test_fit_adds_the_lexical_block_with_the_static_encoder(files: dict[str, Path]) -> None:
+    # The real static encoder (torch-free, in the repo): fit gets build-default's block.
+    static = str(ROOT / "deploy" / "routers" / "encoders" / "minilm-static")
+    for extra, block in (([], True), (["--no-lexical"], False)):
+        out = files["dir"] / f"art{len(extra)}"
+        args = ["fit", str(files["train"]), "-o", str(out), "--encoder", static, *extra]
+        assert cli.main(args) == 0
+        art = RouterArtifact.load(out)
+        assert (art.lexical is not None) == block
+        assert ((out / "lexical.npz").exists()) == block
+
+
+def test_fit_takes_build_defaults_prior_weights_and_language_offset(
+    files: dict[str, Path], fake_encoder: FakeEncoder
+) -> None:
+    out = files["dir"] / "art"
+    args = ["fit", str(files["train"]), "-o", str(out), "--traffic-prior-source", "src-code"]
+    args += ["--prior-strength", "0.25", "--other-language-strength", "1"]
+    args += ["--source-weight", "src-code=3", "--source-weight", "src-math=0.5"]
+    assert cli.main(args) == 0
+    art = RouterArtifact.load(out)
+    fit_block = art.manifest["fit"]
+    assert fit_block["source_weights"] == {"src-code": 3.0, "src-math": 0.5}
+    assert fit_block["traffic_prior"]["source"] == "src-code"
+    assert fit_block["traffic_prior"]["strength"] == 0.25
+    assert art.language_offset is not None
+    prior = fit_block["traffic_prior"]["prior"]
+    # (1 - 0.25) x log prior, per label: code is the source's own category, so it leads.
+    expected = [0.75 * math.log(prior[c]) for c in art.labels]
+    assert art.language_offset.tolist() == pytest.approx(expected, abs=1e-3)
+    assert int(np.argmax(art.language_offset)) == art.labels.index("code")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--other-language-strength", "1"], "needs --traffic-prior-source"),
+        (["--source-weight", "src-code"], "expected SOURCE=W"),
+        (["--source-weight", "src-code=-1"], "expected SOURCE=W"),
+        (["--source-weight", "src-code=nan"], "expected SOURCE=W"),
+        (["--source-weight", "elsewhere=2"], "no example has source 'elsewhere'"),
+        (["--traffic-prior-source", "elsewhere"], "no example has source 'elsewhere'"),
+    ],
+)
+def test_fit_refuses_knobs_that_cannot_apply(
+    files: dict[str, Path],
+    fake_encoder: FakeEncoder,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    out = files["dir"] / "art"
+    assert cli.main(["fit", str(files["train"]), "-o", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
