@@ -227,6 +227,7 @@ def cmd_build_default(a: argparse.Namespace) -> int:
         traffic_prior_source=READ_SOURCE,
         prior_strength=PRIOR_STRENGTH,
         other_language_strength=OTHER_LANGUAGE_STRENGTH,
+        gloss=True,
     )
     build_default(a.output, a.cache, factory, spec, config, log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from coe_router.routing.artifact import Array
+from coe_router.routing.language import readable
 from coe_router.routing.lexical import PieceEncoder
 from router_training.data import Example
 from router_training.embed import cache_dir, embed_all
@@ -180,6 +181,12 @@ def evaluate_all(rows: list[Example], x: Any, c: float, log: Any = print) -> dic
     return out
 
 
+def read_texts(rows: Sequence[Example], gloss: bool) -> list[str]:
+    """The prompts as the router reads them: with ``gloss``, a prompt not in English as
+    :func:`coe_router.routing.language.readable` glosses it (what serving encodes)."""
+    return [readable(e.prompt) if gloss else e.prompt for e in rows]
+
+
 def build_default(
     out_dir: Path,
     cache: Path,
@@ -198,17 +205,19 @@ def build_default(
         str(encoder_spec.pop("cache_key", encoder_spec["spec"])),
         str(encoder_spec["long_text"]),
     )
-    x = embed_all(encoder, [e.prompt for e in rows], cache=emb_cache)
+    x = embed_all(encoder, read_texts(rows, config.gloss), cache=emb_cache)
     keep, teacher = teacher_filter(rows, x, config.C)
     rows, x = [rows[i] for i in keep], x[keep]
     log(f"  after the teacher filter: {len(rows)} examples; {teacher}")
     held = labelled(cache, "heldout")
-    xh = embed_all(encoder, [e.prompt for e in held], cache=emb_cache, desc="held-out")
+    held_texts = read_texts(held, config.gloss)
+    xh = embed_all(encoder, held_texts, cache=emb_cache, desc="held-out")
     lexical, design, design_h = None, x, xh
     if isinstance(encoder, PieceEncoder):  # the lexical block counts the static encoder's pieces
-        lexical = fit_lexical(pieces_of(encoder, [e.prompt for e in rows]), encoder.vocab_size)
+        pieces = pieces_of(encoder, read_texts(rows, config.gloss))
+        lexical = fit_lexical(pieces, encoder.vocab_size)
         design = with_lexical(x, lexical.matrix)
-        design_h = with_lexical(xh, lexical.rows(pieces_of(encoder, [e.prompt for e in held])))
+        design_h = with_lexical(xh, lexical.rows(pieces_of(encoder, held_texts)))
         log(f"  lexical block: {lexical.keys.shape[0]} word-piece grams")
     log("evaluating")
     evaluation = evaluate_all(rows, design, config.C, log)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from coe_router.routing.artifact import Array, RouterArtifact, softmax
 from coe_router.routing.encoder import normalize
+from coe_router.routing.gloss import GLOSS_VERSION
 from coe_router.routing.language import JUDGED, WINDOW, not_english
 from router_training.data import Example, data_hash
 from router_training.lexical import LexicalFeatures
@@ -56,6 +57,10 @@ class FitConfig:
     #: difference as a language offset (:mod:`coe_router.routing.language`). Chosen by
     #: ``tune`` on the non-English read-labelled turns.
     other_language_strength: float | None = None
+    #: The embeddings of prompts not in English were computed on their glossed text
+    #: (:func:`coe_router.routing.language.readable`); with a language offset, the artifact
+    #: records the lexicon so serving reads them the same way.
+    gloss: bool = False
     #: Once the validation split has given the temperature and the validation metrics,
     #: fit the classifier again on every example: the split's rows are not wasted, and the
     #: served classifier is the one ``tune`` cross-validated (trained on all it is given).
@@ -254,6 +259,8 @@ def fit(
             "judged_chars": JUDGED,
             "offset": "traffic prior at other_language_strength, for prompts not in English",
         }
+        if config.gloss:
+            manifest["language"]["gloss"] = GLOSS_VERSION
     skill_counts = Counter(s for e in examples for s in set(e.skills))
     skills = sorted(s for s, n in skill_counts.items() if n >= config.min_skill_examples)
     if config.fit_skills and skills:

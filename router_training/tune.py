@@ -142,20 +142,20 @@ def cmd_tune(a: argparse.Namespace) -> int:
     """``tune``: every grid point's cross-validated accuracy and macro recall, then the
     point :func:`best_setting` chooses."""
     from coe_router.routing.language import not_english
-    from router_training.default import load_all, teacher_filter
+    from router_training.default import load_all, read_texts, teacher_filter
     from router_training.embed import cache_dir, cache_key, embed_all, load_encoder
     from router_training.fit import with_lexical
     from router_training.lexical import fit_lexical, pieces_of
 
     rows, _ = load_all(a.cache, log=lambda *_: None)
     encoder, info = load_encoder(a.encoder, "head_tail")
-    x = embed_all(
-        encoder, [e.prompt for e in rows], cache=cache_dir(a.cache, cache_key(info), "head_tail")
-    )
-    # As build-default: with the lexical block. Tokenized once; each C keeps other rows.
+    # As build-default: prompts not in English glossed, with the lexical block. Tokenized
+    # once; each C keeps other rows.
+    texts = read_texts(rows, gloss=True)
+    x = embed_all(encoder, texts, cache=cache_dir(a.cache, cache_key(info), "head_tail"))
     words = None
     if isinstance(encoder, PieceEncoder):
-        words = (pieces_of(encoder, [e.prompt for e in rows]), encoder.vocab_size)
+        words = (pieces_of(encoder, texts), encoder.vocab_size)
     strengths = [float(v) for v in a.prior.split(",")]
     foreign = np.array([not_english(e.prompt) for e in rows], dtype=bool)
     results: dict[tuple[float, ...], Scores] = {}

