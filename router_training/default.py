@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 
 from coe_router.routing.artifact import Array
-from coe_router.routing.language import readable
 from coe_router.routing.lexical import PieceEncoder
 from router_training.data import Example
 from router_training.embed import cache_dir, embed_all
 from router_training.evaluate import per_language
-from router_training.fit import FitConfig, fit, train_classifier, with_lexical
+from router_training.fit import FitConfig, fit, read_texts, train_classifier, with_lexical
 from router_training.lexical import fit_lexical, pieces_of
 from router_training.metrics import classification_report
 from router_training.realprompts import READ_SOURCE, drop_frozen, labelled, labelled_ids
@@ -179,12 +178,6 @@ def evaluate_all(rows: list[Example], x: Any, c: float, log: Any = print) -> dic
         f"each request source held out: {out['request_sources_held_out_accuracy']:.3f}"
     )
     return out
-
-
-def read_texts(rows: Sequence[Example], gloss: bool) -> list[str]:
-    """The prompts as the router reads them: with ``gloss``, a prompt not in English as
-    :func:`coe_router.routing.language.readable` glosses it (what serving encodes)."""
-    return [readable(e.prompt) if gloss else e.prompt for e in rows]
 
 
 def build_default(

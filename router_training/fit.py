@@ -25,7 +25,7 @@ from tqdm import tqdm
 from coe_router.routing.artifact import Array, RouterArtifact, softmax
 from coe_router.routing.encoder import normalize
 from coe_router.routing.gloss import GLOSS_VERSION
-from coe_router.routing.language import JUDGED, WINDOW, not_english
+from coe_router.routing.language import JUDGED, WINDOW, not_english, readable
 from router_training.data import Example, data_hash
 from router_training.lexical import LexicalFeatures
 
@@ -156,6 +156,13 @@ def _skill_detectors(
         clf.fit(x[rows], target[rows])
         coef[j], intercept[j] = clf.coef_[0], clf.intercept_[0]
     return coef, intercept
+
+
+def read_texts(rows: Sequence[Example], gloss: bool) -> list[str]:
+    """The prompts as the router reads them: with ``gloss`` (:attr:`FitConfig.gloss`), a
+    prompt not in English as :func:`coe_router.routing.language.readable` glosses it, which
+    is what serving encodes."""
+    return [readable(e.prompt) if gloss else e.prompt for e in rows]
 
 
 def fit(

@@ -51,8 +51,7 @@ def source_weights(pairs: Sequence[str]) -> dict[str, float]:
 
 def cmd_fit(a: argparse.Namespace) -> int:
     """Read, embed, fit, save; the metrics go to stderr."""
-    from router_training.default import read_texts
-    from router_training.fit import FitConfig, fit
+    from router_training.fit import FitConfig, fit, read_texts
     from router_training.lexical import fit_lexical, pieces_of
 
     if a.other_language_strength is not None and a.traffic_prior_source is None:

@@ -142,9 +142,9 @@ def cmd_tune(a: argparse.Namespace) -> int:
     """``tune``: every grid point's cross-validated accuracy and macro recall, then the
     point :func:`best_setting` chooses."""
     from coe_router.routing.language import not_english
-    from router_training.default import load_all, read_texts, teacher_filter
+    from router_training.default import load_all, teacher_filter
     from router_training.embed import cache_dir, cache_key, embed_all, load_encoder
-    from router_training.fit import with_lexical
+    from router_training.fit import read_texts, with_lexical
     from router_training.lexical import fit_lexical, pieces_of
 
     rows, _ = load_all(a.cache, log=lambda *_: None)
