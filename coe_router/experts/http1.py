@@ -79,12 +79,16 @@ class Response:
         if conn is None:
             return
         while True:
+            # Read "complete" before taking the bytes: the end may arrive while this
+            # generator is suspended at its yield, together with the last bytes, and those
+            # must come out on the next turn rather than be dropped with the connection.
+            complete = conn.complete
             data = conn.take()
             if data and self._decoder is not None:
-                data = self._decode(data, conn.complete)
+                data = self._decode(data, complete)
             if data:
                 yield data
-            if conn.complete:
+            if complete:
                 break
             await conn.wait(self._pool.timeouts.read)
         await self.aclose()

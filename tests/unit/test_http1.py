@@ -238,3 +238,30 @@ async def test_bytes_that_arrive_while_the_reader_is_busy_are_not_waited_for(
         await asyncio.sleep(0.05)
         assert await asyncio.wait_for(anext(chunks), 0.3) == b"b"  # not a read timeout
         await resp.aclose()
+
+
+async def test_the_end_of_a_stream_that_arrives_while_the_reader_is_busy_is_read(
+    pools: list[http1.ConnectionPool],
+) -> None:
+    # The rest of the body and its end arrive together while the reader is elsewhere (a
+    # relay writing to a slow client): the message is complete by the time it asks again,
+    # and what arrived with the end must still come out before the iteration stops.
+    sent_rest = asyncio.Event()
+
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"6\r\nsecond\r\n4\r\nlast\r\n0\r\n\r\n")
+        await w.drain()
+        sent_rest.set()
+
+    async with Server(handle) as server:
+        pool = pool_for(server, pools)
+        resp = await pool.request("POST", "/", b"", stream=True)
+        chunks = resp.aiter_bytes()
+        assert await anext(chunks) == b"first"
+        await sent_rest.wait()
+        await asyncio.sleep(0.05)  # the end is parsed before the reader asks again
+        assert b"".join([c async for c in chunks]) == b"secondlast"
+        assert pool.idle_connections == 1  # and the finished connection is kept alive
