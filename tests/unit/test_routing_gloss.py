@@ -39,7 +39,12 @@ def test_the_router_reads_glosses_digits_and_code_not_the_unknown_script() -> No
     assert as_read("用Python写一个快速排序函数", "zh") == "Python write function"
     # Latin scripts, Greek (math) and Vietnamese letters stay.
     assert as_read("Calcula α + β", "es") == "Calcula α + β calculate"
+    # A Greek word is dropped, a Greek letter alone is a symbol and stays.
+    assert as_read("Λύσε την εξίσωση: α + 2 = 5", "el") == ": α + 2 = 5 solve equation"
     assert as_read("Viết một bài thơ", "vi") == "Viết một bài thơ write poem"
+    # Hebrew and Thai are dropped like Cyrillic; their task words still come through.
+    assert as_read("כתוב שיר על הים", "he") == "write poem"
+    assert as_read("แก้สมการ x + 2 = 5", "th") == "x + 2 = 5 solve equation"
 
 
 def test_a_long_prompt_is_scanned_at_both_ends_only() -> None:
