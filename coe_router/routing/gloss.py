@@ -6,8 +6,9 @@ English. For a prompt in Russian, Japanese or Arabic their evidence is close to 
 code. What decides a route is mostly a handful of task words ("write", "poem", "solve",
 "equation", "function"), and those translate one to one. :func:`gloss` finds them, in the
 language lid.176 named, and appends their English glosses to the text, once each, so the
-classifier reads the words it was trained on. The text itself is unchanged, so names, code
-and numbers still count.
+classifier reads the words it was trained on. :func:`as_read`, what a glossing router
+encodes, also drops the letters of scripts the encoder has no words for; digits, symbols,
+code and Latin words stay.
 
 The lexicon below is written from dictionaries, not from any labelled set: one entry per
 English task word, and per language the word forms (or stems, matched as substrings:
