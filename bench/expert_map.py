@@ -3,8 +3,8 @@
 `evaluate --profiles` scores the routed system on the profiling set itself: the category
 -> expert map (and the retriever's pilots) were derived from the same examples, so that
 table is in-sample. This script cross-fits: the examples are split in ``--folds`` by a
-hash of the prompt; for each fold, profiles (per-category means) and pilots are derived
-from the other folds only, and the fold is routed with them. Peers in the same run: each
+hash of the prompt; for each fold, profiles (per-category and per-skill means) and pilots
+are derived from the other folds only, and the fold is routed with them. Peers in the same run: each
 single expert, the oracle, and the in-sample routed numbers.
 
     python bench/expert_map.py docs/profiles/scores.jsonl [--folds 2] [--json]
@@ -46,16 +46,24 @@ def fold_of(prompt: str, folds: int) -> int:
     return int(hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8], 16) % folds
 
 
-def category_profiles(examples: list[Example]) -> dict[str, Any]:
-    """profiles.json's shape from per-example scores: mean score per expert and category."""
-    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+def measured_profiles(examples: list[Example]) -> dict[str, Any]:
+    """profiles.json's shape from per-example scores: mean score and count per expert, for
+    each category and each skill."""
+    sums: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: {"categories": defaultdict(list), "skills": defaultdict(list)}
+    )
     for ex in examples:
         for expert, s in ex.scores.items():
-            sums[expert][ex.category].append(s)
+            sums[expert]["categories"][ex.category].append(s)
+            for skill in ex.skills:
+                sums[expert]["skills"][skill].append(s)
     return {
         "experts": {
-            e: {"categories": {c: {"score": float(np.mean(v))} for c, v in cats.items()}}
-            for e, cats in sums.items()
+            e: {
+                block: {k: {"score": float(np.mean(v)), "n": len(v)} for k, v in got.items()}
+                for block, got in blocks.items()
+            }
+            for e, blocks in sums.items()
         }
     }
 
@@ -75,7 +83,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from coe_router.routing import category, retriever  # noqa: F401  (registers the routers)
+    from coe_router.routing import category, retriever, skill  # noqa: F401  (registers them)
 
     examples, _ = read_jsonl(a.scores)
     catalog = load_catalog(a.catalog)
@@ -86,13 +94,14 @@ def main() -> int:
     held: dict[str, list[RoutingDecision | None]] = {
         "category": [None] * len(examples),
         "retriever": [None] * len(examples),
+        "skill": [None] * len(examples),
     }
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(a.folds):
             train = [i for i, f in enumerate(fold) if f != k]
             test = [i for i, f in enumerate(fold) if f == k]
             prof = Path(tmp) / f"profiles{k}.json"
-            prof.write_text(json.dumps(category_profiles([examples[i] for i in train])))
+            prof.write_text(json.dumps(measured_profiles([examples[i] for i in train])))
             pil = Path(tmp) / f"pilots{k}.npz"
             np.savez(pil, **pilots(x[train], [examples[i].scores for i in train]))
             base = {"artifact": str(a.artifact)}
@@ -100,13 +109,14 @@ def main() -> int:
             for strategy, extra in (
                 ("category", {"profiles": str(prof), "cost_weight": a.cost_weight}),
                 ("retriever", {"pilots": str(pil)}),
+                ("skill", {"profiles": str(prof)}),
             ):
                 for i, d in zip(
                     test, route(strategy, {**base, **extra}, catalog, rows), strict=True
                 ):
                     held[strategy][i] = d
         full = Path(tmp) / "profiles.json"
-        full.write_text(json.dumps(category_profiles(examples)))
+        full.write_text(json.dumps(measured_profiles(examples)))
         pil = Path(tmp) / "pilots.npz"
         np.savez(pil, **pilots(x, [e.scores for e in examples]))
         base = {"artifact": str(a.artifact)}
@@ -118,9 +128,10 @@ def main() -> int:
                 examples,
             ),
             "retriever": route("retriever", {**base, "pilots": str(pil)}, catalog, examples),
+            "skill": route("skill", {**base, "profiles": str(full)}, catalog, examples),
         }
     table: list[dict[str, Any]] = []
-    for strategy in ("category", "retriever"):
+    for strategy in ("category", "retriever", "skill"):
         decisions = [d for d in held[strategy] if d is not None]
         got = quality_cost(examples, decisions, catalog, None)
         if not table:

@@ -310,11 +310,13 @@ class ExpertProfiles:
     """Measured quality of each expert per category and per skill (``profile`` output).
 
     ``scores[expert][category]`` is mean quality in [0, 1]; ``skills`` likewise.
+    ``skill_counts[expert][skill]`` is how many items measured it (absent: unknown).
     ``cost``, ``latency_ms`` (p50) and ``seconds`` (mean, measured) are per request.
     """
 
     categories: dict[str, dict[str, float]] = field(default_factory=dict)
     skills: dict[str, dict[str, float]] = field(default_factory=dict)
+    skill_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -338,6 +340,7 @@ class ExpertProfiles:
         for name, prof in experts.items():
             out.categories[name] = _scores(prof.get("categories", {}))
             out.skills[name] = _scores(prof.get("skills", {}))
+            out.skill_counts[name] = _counts(prof.get("skills", {}))
             if "cost" in prof:
                 out.cost[name] = float(prof["cost"])
             if "latency_ms_p50" in prof:
@@ -353,4 +356,13 @@ def _scores(block: Mapping[str, Any]) -> dict[str, float]:
         score = value.get("score") if isinstance(value, Mapping) else value
         if isinstance(score, int | float) and math.isfinite(score):
             out[key] = float(score)
+    return out
+
+
+def _counts(block: Mapping[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, value in block.items():
+        n = value.get("n") if isinstance(value, Mapping) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            out[key] = n
     return out

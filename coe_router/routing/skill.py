@@ -3,10 +3,12 @@ that have them, and pick one of them to aggregate.
 
 Skills are fine-grained (``algebra``, ``anatomy``, ``python`` ...), detected
 independently (multi-label) by the artifact's skill detectors. Each expert has a skill
-profile: measured quality per skill from ``profiles`` when present, else 1.0 for the
-skills of the categories it declares in the catalog (the generalist gets a floor so it
-is always recruitable). An expert's score is ``sum_s p(s) * profile(expert, s)`` over the
-request's top skills; the top ``k`` are recruited. :meth:`SkillRouter.recruit` returns
+profile: its measured quality per skill from ``profiles``, shrunk toward its measured
+quality on the skill's category by how few items measured the skill
+(:data:`SKILL_PRIOR_ITEMS`); a skill it was not measured on takes the category's score, else
+1.0 for the skills of the categories it declares in the catalog (the generalist gets a
+floor so it is always recruitable). An expert's score is ``sum_s p(s) * profile(expert, s)``
+over the request's top skills; the top ``k`` are recruited. :meth:`SkillRouter.recruit` returns
 the whole recruitment (for multi-expert synthesis); :meth:`SkillRouter.route` answers
 with the best one and lists the other recruits, best first, in ``alternatives``.
 """
@@ -29,6 +31,12 @@ from coe_router.routing.trained import TrainedCore, check_options, number
 
 #: Profile value of the generalist for skills it was not measured or declared on.
 _GENERALIST_FLOOR = 0.25
+
+#: Pseudo-items of the category's score behind each measured skill score. `profile` asks
+#: 1 to 5 items per skill but 15 to 31 per category, so one wrong answer must not take a
+#: skill from its category's 0.45 to 0; a skill measured on 8 items weighs as much as its
+#: category. Scores without a count (hand-written profiles) are taken as they are.
+SKILL_PRIOR_ITEMS = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +77,28 @@ class SkillRouter:
         self.aggregator = str(aggregator) if aggregator is not None else None
         self.experts = [e.name for e in catalog.experts]
         skill_category: dict[str, str] = artifact.manifest.get("skill_categories", {})
-        measured = self.core.profiles.skills if self.core.profiles else {}
+        profiles = self.core.profiles
         profile = np.zeros((len(self.experts), len(self.skills)), dtype=np.float32)
         for i, spec in enumerate(catalog.experts):
+            skills = profiles.skills.get(spec.name, {}) if profiles else {}
+            counts = profiles.skill_counts.get(spec.name, {}) if profiles else {}
+            categories = profiles.categories.get(spec.name, {}) if profiles else {}
             for j, skill in enumerate(self.skills):
-                if skill in measured.get(spec.name, {}):
-                    profile[i, j] = measured[spec.name][skill]
-                elif skill_category.get(skill) in spec.categories:
-                    profile[i, j] = 1.0
-                elif spec.generalist:
-                    profile[i, j] = _GENERALIST_FLOOR
+                category = skill_category.get(skill)
+                if category in categories:
+                    prior = categories[category]
+                elif category in spec.categories:
+                    prior = 1.0
+                else:
+                    prior = _GENERALIST_FLOOR if spec.generalist else 0.0
+                if skill in skills and skill in counts:
+                    n = counts[skill]
+                    prior = (n * skills[skill] + SKILL_PRIOR_ITEMS * prior) / (
+                        n + SKILL_PRIOR_ITEMS
+                    )
+                elif skill in skills:
+                    prior = skills[skill]
+                profile[i, j] = prior
         #: ``(experts, skills)``: how good each expert is at each skill.
         self.profile = profile
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coe_router.errors import ConfigError
 from coe_router.routing.skill import SkillRouter
@@ -56,6 +59,63 @@ async def test_measured_skill_profiles_override_the_catalog(tmp_path: Path) -> N
     assert (await make().route(user("python bug compile"))).expert == "coder"
     measured = make(profiles=str(tmp_path / "profiles.json"))
     assert (await measured.route(user("python bug compile"))).expert == "general"
+
+
+@pytest.mark.parametrize(("items", "expert"), [(1, "coder"), (40, "general")])
+async def test_a_skill_measured_on_few_items_leans_on_its_category(
+    tmp_path: Path, items: int, expert: str
+) -> None:
+    # The coder failed every code-skill item: once is noise against its category's 0.8,
+    # forty times is evidence that outweighs it.
+    (tmp_path / "profiles.json").write_text(
+        json.dumps(
+            {
+                "experts": {
+                    "general": {"categories": {"code": {"score": 0.3, "n": 30}}},
+                    "coder": {
+                        "categories": {"code": {"score": 0.8, "n": 30}},
+                        "skills": {"code-skill": {"score": 0.0, "n": items}},
+                    },
+                }
+            }
+        )
+    )
+    router = make(profiles=str(tmp_path / "profiles.json"))
+    assert (await router.recruit(user("python bug compile"))).experts[0].expert == expert
+
+
+_ENCODER = FakeEncoder()
+_ARTIFACT = fitted(_ENCODER)
+
+
+def _coder_code_skill(skill: float, category: float, items: int) -> float:
+    """The coder's profile on ``code-skill`` measured as ``skill`` on ``items`` items,
+    its ``code`` category as ``category``."""
+    coder = {
+        "categories": {"code": {"score": category, "n": 30}},
+        "skills": {"code-skill": {"score": skill, "n": items}},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profiles.json"
+        path.write_text(json.dumps({"experts": {"coder": coder}}))
+        router = SkillRouter(
+            catalog(), {"_artifact": _ARTIFACT, "encoder": _ENCODER, "profiles": str(path)}
+        )
+    return float(router.profile[router.experts.index("coder"), router.skills.index("code-skill")])
+
+
+@settings(max_examples=15, deadline=None)
+@given(skill=st.floats(0, 1), category=st.floats(0, 1), items=st.integers(1, 10_000))
+def test_a_shrunk_skill_lies_between_its_measure_and_its_category(
+    skill: float, category: float, items: int
+) -> None:
+    few, many = (
+        _coder_code_skill(skill, category, items),
+        _coder_code_skill(skill, category, items + 1),
+    )
+    assert min(skill, category) - 1e-6 <= few <= max(skill, category) + 1e-6
+    # More items move it toward the skill's own measure, never away.
+    assert abs(many - skill) <= abs(few - skill) + 1e-6
 
 
 def test_fixed_aggregator_must_be_an_expert() -> None:
