@@ -21,7 +21,16 @@ import numpy as np
 
 from coe_router.errors import ConfigError
 from coe_router.routing.encoder import DEFAULT_ENCODER, STATIC_ENCODER, Encoder
-from router_training import compare, embed, export, fit_command, realprompts, replay, tune
+from router_training import (
+    compare,
+    embed,
+    export,
+    finetune,
+    fit_command,
+    realprompts,
+    replay,
+    tune,
+)
 from router_training.data import DataError, Example, add_data_arguments, read_files
 
 DEFAULT_CACHE = Path(".cache/router_data")
@@ -333,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
          realprompts.add_arguments, realprompts.cmd_real_prompts),
         ("tune", "build-default's read weight and C, cross-validated on training turns",
          tune.add_arguments, tune.cmd_tune),
+        ("fine-tune", "the cascade's second reader: MiniLM fine-tuned, int8 ONNX",
+         finetune.add_arguments, finetune.cmd_fine_tune),
     ):  # fmt: skip
         command = sub.add_parser(name, help=help_)
         add_arguments(command)

@@ -41,10 +41,10 @@ def token_outputs(model_dir: Path, batch: int = 512, log: Any = print) -> NDArra
     import torch
     from transformers import AutoModel
 
-    from coe_router.routing.static_encoder import _load_tokenizer
+    from coe_router.routing.static_encoder import load_tokenizer
 
     torch.manual_seed(0)
-    tok = _load_tokenizer(model_dir / TOKENIZER)
+    tok = load_tokenizer(model_dir / TOKENIZER)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     model = AutoModel.from_pretrained(str(model_dir)).eval()
     size = tok.get_vocab_size()
@@ -98,13 +98,13 @@ def distill(
 ) -> dict[str, Any]:
     """Distill the sentence-transformers model ``source`` into ``out_dir``; returns the
     encoder's config (also written as ``encoder.json``)."""
-    from coe_router.routing.static_encoder import _load_tokenizer
+    from coe_router.routing.static_encoder import load_tokenizer
 
     model_dir = resolve_encoder_path(source)
     started = time.monotonic()
     log(f"distilling {model_dir} -> {out_dir} ({dims}-d, sif {sif})")
     raw = token_outputs(model_dir, log=log)
-    tok = _load_tokenizer(model_dir / TOKENIZER)
+    tok = load_tokenizer(model_dir / TOKENIZER)
     vocab = tok.get_vocab()
     special = {tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")}
     keep = np.array(

@@ -90,7 +90,7 @@ class StaticEncoder:
             raise ConfigError(f"static encoder {path}: unreadable {TABLE}: {exc}") from None
         if self._rows.ndim != 2 or self._scales.shape != (self._rows.shape[0],):
             raise ConfigError(f"static encoder {path}: {TABLE} rows and scales disagree")
-        self._tokenizer = _load_tokenizer(path / TOKENIZER)
+        self._tokenizer = load_tokenizer(path / TOKENIZER)
         unk = self.config.get("unk_id")
         self._unk = int(unk) if isinstance(unk, int) else -1
 
@@ -160,4 +160,5 @@ def _tokenizer(path: Path) -> Any:
     return tok
 
 
-_load_tokenizer = PerPath(_tokenizer)
+#: A ``tokenizer.json`` (no padding, no truncation), loaded once per path per process.
+load_tokenizer = PerPath(_tokenizer)
