@@ -109,7 +109,7 @@ def main() -> int:
             for strategy, extra in (
                 ("category", {"profiles": str(prof), "cost_weight": a.cost_weight}),
                 ("retriever", {"pilots": str(pil)}),
-                ("skill", {"profiles": str(prof)}),
+                ("skill", {"profiles": str(prof), "cost_weight": a.cost_weight}),
             ):
                 for i, d in zip(
                     test, route(strategy, {**base, **extra}, catalog, rows), strict=True
@@ -128,7 +128,12 @@ def main() -> int:
                 examples,
             ),
             "retriever": route("retriever", {**base, "pilots": str(pil)}, catalog, examples),
-            "skill": route("skill", {**base, "profiles": str(full)}, catalog, examples),
+            "skill": route(
+                "skill",
+                {**base, "profiles": str(full), "cost_weight": a.cost_weight},
+                catalog,
+                examples,
+            ),
         }
     table: list[dict[str, Any]] = []
     for strategy in ("category", "retriever", "skill"):

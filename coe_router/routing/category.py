@@ -150,7 +150,6 @@ class CategoryRouter:
             reason=reason,
         )
 
-
     async def _read_again(self, messages: Sequence[ChatMessage], fast: Array) -> Array:
         """The latest turn's probabilities blended with the second reader's."""
         assert self.second is not None

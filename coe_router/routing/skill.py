@@ -8,7 +8,8 @@ quality on the skill's category by how few items measured the skill
 (:data:`SKILL_PRIOR_ITEMS`); a skill it was not measured on takes the category's score, else
 1.0 for the skills of the categories it declares in the catalog (the generalist gets a
 floor so it is always recruitable). An expert's score is ``sum_s p(s) * profile(expert, s)``
-over the request's top skills; the top ``k`` are recruited. :meth:`SkillRouter.recruit` returns
+over the request's top skills, each profile net of ``cost_weight * cost`` (floored at 0);
+the top ``k`` are recruited. :meth:`SkillRouter.recruit` returns
 the whole recruitment (for multi-expert synthesis); :meth:`SkillRouter.route` answers
 with the best one and lists the other recruits, best first, in ``alternatives``.
 """
@@ -99,6 +100,10 @@ class SkillRouter:
                 elif skill in skills:
                     prior = skills[skill]
                 profile[i, j] = prior
+            # Quality net of cost, as the category router's map weighs it: with measured
+            # profiles the 3x-cost coder is a little better at nearly every skill, and
+            # without a price it would be recruited for almost everything.
+            profile[i] = np.maximum(profile[i] - self.core.cost_weight * spec.cost, 0.0)
         #: ``(experts, skills)``: how good each expert is at each skill.
         self.profile = profile
 
