@@ -3,7 +3,7 @@ labels, run by onnxruntime (no torch), asked only when the fast router is unsure
 
 The static table reads a prompt as an average of word vectors; a fine-tuned transformer
 reads word order and context ("write a story about a nurse" is writing, not medicine).
-It is 10 to 40 times slower (about 6 ms for a short prompt, 40 ms at its 128-token window,
+It is 10 to 80 times slower (about 6 ms for a short prompt, 47 ms at its 128-piece window,
 on one core of this 2-core CPU), so the category router asks it only when its own
 confidence is below ``escalate_below`` and blends the two readings:
 ``log p = log p_fast + weight * log softmax(second reader's logits)`` (see
