@@ -11,7 +11,8 @@ With ``second_reader`` (a :mod:`~coe_router.routing.second_reader` directory) th
 a cascade: when the fast classifier's confidence in the latest turn is below
 ``escalate_below`` (default: the reader's own), the fine-tuned transformer reads that turn
 too and the two are blended, ``log p = log p_fast + weight * log p_second``. Confident
-turns pay nothing more; unsure ones pay the transformer (milliseconds, off the loop).
+turns pay nothing more; unsure ones pay the transformer (milliseconds, off the loop, in a
+worker thread of its own so that they never hold up another router's decisions).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class CategoryRouter:
                     f"category router: second reader {path} labels {list(reader.labels)}, "
                     f"the artifact {list(self.labels)}"
                 )
-            self.second = AsyncEmbedder(reader)
+            self.second = AsyncEmbedder(reader, pool="second-reader")
             self.second_weight = reader.weight
             # Up to 1.0: always ask (a confidence is never above 1).
             self.escalate_below = number(

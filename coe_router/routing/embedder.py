@@ -81,36 +81,46 @@ class EmbeddingCache:
             self._bytes -= evicted.nbytes + ENTRY_OVERHEAD
 
 
-_executor: ThreadPoolExecutor | None = None
+#: Worker pools by name, and their threads. ``encoder``: every router's embedding, two
+#: threads, enough to overlap with the loop on a small CPU without oversubscribing torch's
+#: own threads. ``second-reader``: the cascade's transformer, one thread of its own, so a
+#: burst of slow second readings (tens of ms each) queues behind itself and never delays
+#: the fast routers' decisions.
+POOLS = {"encoder": 2, "second-reader": 1}
+
+_executors: dict[str, ThreadPoolExecutor] = {}
 _executor_lock = threading.Lock()
 
 
-def encoder_executor() -> ThreadPoolExecutor:
-    """The worker threads every router encodes in (created on first use). Two: enough to
-    overlap with the loop on a small CPU without oversubscribing torch's own threads."""
-    global _executor
+def encoder_executor(pool: str = "encoder") -> ThreadPoolExecutor:
+    """The worker threads of ``pool`` (one of :data:`POOLS`), created on first use."""
     with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(2, thread_name_prefix="coe-encoder")
-        return _executor
+        if pool not in _executors:
+            _executors[pool] = ThreadPoolExecutor(POOLS[pool], thread_name_prefix=f"coe-{pool}")
+        return _executors[pool]
 
 
 def shutdown_encoder_executor() -> None:
-    """Stop the encoder threads (the app lifespan calls this on shutdown); the next
+    """Stop every pool's threads (the app lifespan calls this on shutdown); the next
     routing decision starts new ones."""
-    global _executor
     with _executor_lock:
-        executor, _executor = _executor, None
-    if executor is not None:
+        executors = list(_executors.values())
+        _executors.clear()
+    for executor in executors:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
 class AsyncEmbedder:
-    """Runs an encoder in :func:`encoder_executor`'s threads, through an
+    """Runs an encoder in the threads of :func:`encoder_executor`'s ``pool``, through an
     :class:`EmbeddingCache` of ``cache_bytes``."""
 
-    def __init__(self, encoder: Encoder, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self, encoder: Encoder, cache_bytes: int = DEFAULT_CACHE_BYTES, pool: str = "encoder"
+    ) -> None:
+        if pool not in POOLS:
+            raise ValueError(f"unknown worker pool {pool!r}; one of {sorted(POOLS)}")
         self.encoder = encoder
+        self.pool = pool
         self.cache = EmbeddingCache(cache_bytes)
         self._lock = threading.Lock()
 
@@ -120,7 +130,7 @@ class AsyncEmbedder:
         with tracing.encoder_span(len(texts), 0) as span:
             t0 = time.perf_counter()
             rows, computed = await loop.run_in_executor(
-                encoder_executor(), self._embed, list(texts)
+                encoder_executor(self.pool), self._embed, list(texts)
             )
             span.set("coe.encoder.computed", computed)
             span.set("coe.encoder_ms", (time.perf_counter() - t0) * 1000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from coe_router.routing.embedder import (
     shutdown_encoder_executor,
     text_key,
 )
+from coe_router.routing.encoder import Array
 from tests.unit.test_routing_support import FakeEncoder
 
 pytestmark = pytest.mark.unit
@@ -93,3 +95,36 @@ async def test_executor_can_be_shut_down_and_restarted() -> None:
     out = await asyncio.gather(*(embedder.embed([f"b {i}"]) for i in range(5)))
     assert all(o.shape == (1, embedder.encoder.dim) for o in out)
     shutdown_encoder_executor()
+
+
+class _Gated(FakeEncoder):
+    """Encodes only once ``gate`` is set."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def encode(self, texts: Sequence[str]) -> Array:
+        self.gate.wait(10)
+        return super().encode(texts)
+
+
+async def test_a_busy_second_reader_pool_does_not_hold_up_the_encoders() -> None:
+    gate = threading.Event()
+    slow = AsyncEmbedder(_Gated(gate), pool="second-reader")
+    fast = AsyncEmbedder(FakeEncoder())
+    # More slow readings than the whole encoder pool has threads.
+    pending = [asyncio.ensure_future(slow.embed([f"slow {i}"])) for i in range(4)]
+    try:
+        out = await asyncio.wait_for(fast.embed(["quick"]), timeout=5)
+        assert out.shape == (1, fast.encoder.dim)
+        assert not any(p.done() for p in pending)
+    finally:
+        gate.set()
+        await asyncio.gather(*pending)
+        shutdown_encoder_executor()
+
+
+def test_an_unknown_pool_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown worker pool"):
+        AsyncEmbedder(FakeEncoder(), pool="gpu")
