@@ -210,15 +210,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_build_default(a: argparse.Namespace) -> int:
-    from router_training.default import (
-        OTHER_LANGUAGE_STRENGTH,
-        PRIOR_STRENGTH,
-        READ_WEIGHTS,
-        build_default,
-        default_c,
-    )
-    from router_training.fit import FitConfig
-    from router_training.realprompts import READ_SOURCE
+    from router_training.default import build_default, default_c, default_config
 
     started = time.monotonic()
 
@@ -230,15 +222,7 @@ def cmd_build_default(a: argparse.Namespace) -> int:
 
     spec: dict[str, Any] = {"spec": a.encoder, "long_text": "head_tail"}
     c = a.C if a.C is not None else default_c(a.encoder)
-    config = FitConfig(
-        C=c,
-        source_weights=READ_WEIGHTS,
-        traffic_prior_source=READ_SOURCE,
-        prior_strength=PRIOR_STRENGTH,
-        other_language_strength=OTHER_LANGUAGE_STRENGTH,
-        gloss=True,
-    )
-    build_default(a.output, a.cache, factory, spec, config, log=_log)
+    build_default(a.output, a.cache, factory, spec, default_config(c), log=_log)
     _log(f"build-default took {time.monotonic() - started:.0f} s")
     return 0
 

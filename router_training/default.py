@@ -309,3 +309,17 @@ def default_c(encoder: str) -> float:
     from coe_router.routing.static_encoder import is_static_encoder
 
     return 2.0 if is_static_encoder(resolve_encoder_path(encoder)) else 0.5
+
+
+def default_config(c: float) -> FitConfig:
+    """The default router's fit at regularization ``c``: the read-label weights, the traffic
+    prior at ``tune``'s strengths and glossed text (``build-default`` and ``fine-tune``'s
+    held-out fast router share it)."""
+    return FitConfig(
+        C=c,
+        source_weights=READ_WEIGHTS,
+        traffic_prior_source=READ_SOURCE,
+        prior_strength=PRIOR_STRENGTH,
+        other_language_strength=OTHER_LANGUAGE_STRENGTH,
+        gloss=True,
+    )

@@ -237,24 +237,17 @@ def _fast_proba(
 ) -> np.ndarray[Any, Any]:
     """The default router's probabilities on the held-out fold, fitted without it."""
     from coe_router.routing.lexical import PieceEncoder
-    from router_training.default import OTHER_LANGUAGE_STRENGTH, PRIOR_STRENGTH, READ_WEIGHTS
+    from router_training.default import default_c, default_config
     from router_training.embed import load_encoder
-    from router_training.fit import FitConfig, fit
+    from router_training.fit import fit
     from router_training.lexical import fit_lexical, pieces_of
-    from router_training.realprompts import READ_SOURCE
     from router_training.taxonomy import CATEGORIES
 
     encoder, info = load_encoder(STATIC_SPEC, "head_tail")
     assert isinstance(encoder, PieceEncoder)  # the static table: its pieces feed the block
     train, test = list(np.flatnonzero(~held)), list(np.flatnonzero(held))
     lexical = fit_lexical(pieces_of(encoder, [texts[i] for i in train]), encoder.vocab_size)
-    config = FitConfig(
-        source_weights=READ_WEIGHTS,
-        traffic_prior_source=READ_SOURCE,
-        prior_strength=PRIOR_STRENGTH,
-        other_language_strength=OTHER_LANGUAGE_STRENGTH,
-        gloss=True,
-    )
+    config = default_config(default_c(STATIC_SPEC))
     spec = {"spec": STATIC_SPEC, "long_text": "head_tail", **info}
     artifact = fit([rows[i] for i in train], x[train], spec, config, CATEGORIES, lexical)
     log("fitted the fast router without the held-out fold")
