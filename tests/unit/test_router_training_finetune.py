@@ -30,3 +30,15 @@ def test_a_fold_outside_the_five_is_refused() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["fine-tune", "--holdout-fold", "5"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("source", ["arena-hard", "sharegpt-read"])
+def test_a_held_out_source_must_be_a_public_training_source(
+    source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Arena-Hard is reserved, not a training source: a typo must not silently train on
+    # everything. The read turns are the traffic the fast router's prior is measured on.
+    with pytest.raises(SystemExit) as exc:
+        main(["fine-tune", "--holdout-source", "writingbench", source])
+    assert exc.value.code == 2
+    assert source in capsys.readouterr().err
