@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -35,13 +37,41 @@ def test_percentile_is_nearest_rank_in_ms() -> None:
 
 
 async def test_a_tiny_run_of_the_static_router_reports_every_figure() -> None:
-    router, build_s = build(
-        "static", load_catalog(ROOT / "deploy" / "local.yaml"), ROOT / "deploy/routers/default"
-    )
-    row = await measure("static", router, n=5, rounds=1, sets={})
+    catalog = load_catalog(ROOT / "deploy" / "local.yaml")
+    router, build_s = build("static", catalog, ROOT / "deploy/routers/default")
+    built = []
+
+    def new_router() -> Any:
+        built.append(build("static", catalog, ROOT / "deploy/routers/default")[0])
+        return built[-1]
+
+    heldout = [
+        SimpleNamespace(prompt="Write a haiku about autumn rain.", category="writing"),
+        SimpleNamespace(prompt="Fix this Python traceback: KeyError 'id'", category="code"),
+        SimpleNamespace(prompt="Solve for x: 3x + 5 = 20", category="math"),
+    ]
+    row = await measure(router, new_router, n=5, rounds=1, sets={"heldout": heldout})
     for shape in ("short", "long", "conversation", "conversation_cached"):
         assert 0 < row[f"p50_ms_{shape}"] <= row[f"p99_ms_{shape}"]
     assert row["batch64_per_s"] > 0
     assert build_s >= 0
+    assert row["n_heldout"] == 3
+    assert 0 <= row["accuracy_heldout"] <= 1
+    # The real-prompt batch runs on a router of its own: the serial pass's cache is not it.
+    assert len(built) == 1
+    assert built[0] is not router
+    assert row["batch64_per_s_heldout"] > 0
     text = table({"static": row})
     assert text.splitlines()[2].startswith("static")
+
+
+async def test_without_the_frozen_set_there_is_no_real_batch_rate() -> None:
+    catalog = load_catalog(ROOT / "deploy" / "local.yaml")
+    router, _ = build("keyword", catalog, Path())
+
+    def never() -> Any:
+        raise AssertionError("no frozen set, no second router")
+
+    row = await measure(router, never, n=3, rounds=1, sets={})
+    assert "batch64_per_s_heldout" not in row
+    assert "nan" in table({"keyword": row}).splitlines()[2]
