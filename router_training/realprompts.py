@@ -49,6 +49,9 @@ from router_training.sources import (
 from router_training.taxonomy import CATEGORIES, rule_label
 
 LABELS = READ_LABELS
+#: A blind second reading of a sample of the frozen turns (:func:`second_reading_ids`).
+SECOND_READING = READ_LABELS.parent / "sharegpt_second_reading.json"
+SECOND_READING_SIZE = 160
 Split = Literal["heldout", "train"]
 SKIP = "skip"
 #: The source name of the read-labelled training turns.
@@ -156,6 +159,33 @@ def agreement(rows: list[Example]) -> dict[str, Any]:
     }
 
 
+def second_reading_ids(cache: Path) -> list[str]:
+    """The frozen turns read a second time: the first :data:`SECOND_READING_SIZE` labelled
+    frozen ids (``skip`` included) in ``sha1("agree:" + id)`` order."""
+    read = _labels()["heldout"]
+    hand = set(json.loads(HAND_LABELS.read_text(encoding="utf-8"))["labels"])
+    ids = [cid for cid in selection(cache)["heldout"] if cid in read and cid not in hand]
+    return sorted(ids, key=lambda cid: _order("agree:", cid))[:SECOND_READING_SIZE]
+
+
+def reader_agreement(first: dict[str, str], second: dict[str, str]) -> dict[str, Any]:
+    """Two readings of the same turns: agreement on every turn both read, and where both
+    gave a category (neither said ``skip``: the turns accuracy is counted on)."""
+    both = [cid for cid in second if cid in first]
+    labelled_ = [cid for cid in both if SKIP not in (first[cid], second[cid])]
+    return {
+        "n": len(both),
+        "agreement": round(sum(first[c] == second[c] for c in both) / max(len(both), 1), 4),
+        "both_labelled": len(labelled_),
+        "agreement_both_labelled": round(
+            sum(first[c] == second[c] for c in labelled_) / max(len(labelled_), 1), 4
+        ),
+        "confusions": Counter(
+            f"{first[c]}->{second[c]}" for c in both if first[c] != second[c]
+        ).most_common(8),
+    }
+
+
 def summary(cache: Path) -> dict[str, Any]:
     """Counts per split, category and language, and the agreement of the two procedures."""
     out: dict[str, Any] = {}
@@ -169,6 +199,8 @@ def summary(cache: Path) -> dict[str, Any]:
             "languages": dict(Counter(e.extra["lang"] for e in rows).most_common(12)),
             "rules_vs_read_english": agreement(english),
         }
+    second = json.loads(SECOND_READING.read_text(encoding="utf-8"))["labels"]
+    out["heldout"]["second_reading_vs_read"] = reader_agreement(_labels()["heldout"], second)
     return out
 
 

@@ -50,3 +50,15 @@ def test_no_training_source_reaches_the_frozen_set() -> None:
     # Skipped turns are left out, and every row knows its language.
     assert all(e.category != realprompts.SKIP and e.extra["lang"] for e in held + train)
     assert sum(e.extra["lang"] != "en" for e in held) >= 100
+
+
+def test_the_second_reading_is_the_documented_sample_of_the_frozen_set() -> None:
+    shipped = json.loads(realprompts.SECOND_READING.read_text(encoding="utf-8"))["labels"]
+    ids = realprompts.second_reading_ids(CACHE)
+    assert len(ids) == realprompts.SECOND_READING_SIZE
+    assert set(shipped) == set(ids)
+    assert set(ids) <= realprompts.frozen_ids()
+    assert set(shipped.values()) <= {*CATEGORIES, realprompts.SKIP}
+    out = realprompts.summary(CACHE)["heldout"]["second_reading_vs_read"]
+    assert out["n"] == len(ids)
+    assert 0 < out["both_labelled"] <= out["n"]

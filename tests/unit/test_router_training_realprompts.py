@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from router_training.data import Example
 from router_training.evaluate import per_language
-from router_training.realprompts import agreement
+from router_training.realprompts import agreement, reader_agreement
 
 
 def test_per_language_pools_small_languages_and_reports_non_english() -> None:
@@ -34,3 +34,16 @@ def test_agreement_counts_only_what_the_rules_decide() -> None:
     assert out["confusions"] == [("writing->code", 1)]
     assert out["with_a_cue"] == 3
     assert out["agreement_with_a_cue"] == round(2 / 3, 4)
+
+
+def test_reader_agreement_counts_skips_apart() -> None:
+    first = {"a": "code", "b": "writing", "c": "skip", "d": "general", "e": "math"}
+    second = {"a": "code", "b": "general", "c": "skip", "d": "skip", "z": "code"}
+    out = reader_agreement(first, second)
+    # Turns both read: a, b, c, d (z was never read first).
+    assert out["n"] == 4
+    assert out["agreement"] == 0.5  # a and c
+    # Both gave a category: a and b.
+    assert out["both_labelled"] == 2
+    assert out["agreement_both_labelled"] == 0.5
+    assert dict(out["confusions"]) == {"writing->general": 1, "general->skip": 1}
