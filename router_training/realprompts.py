@@ -47,6 +47,7 @@ from router_training.sources import (
     frozen_texts,
     norm_text,
     sharegpt_first_turns,
+    sharegpt_hand_ids,
     sharegpt_is_check,
 )
 from router_training.taxonomy import CATEGORIES, rule_label
@@ -166,7 +167,7 @@ def second_reading_ids(cache: Path) -> list[str]:
     """The frozen turns read a second time: the first :data:`SECOND_READING_SIZE` labelled
     frozen ids (``skip`` included) in ``sha1("agree:" + id)`` order."""
     read = _labels()["heldout"]
-    hand = set(json.loads(HAND_LABELS.read_text(encoding="utf-8"))["labels"])
+    hand = set(sharegpt_hand_ids())
     ids = [cid for cid in selection(cache)["heldout"] if cid in read and cid not in hand]
     return sorted(ids, key=lambda cid: _order("agree:", cid))[:SECOND_READING_SIZE]
 
