@@ -138,27 +138,26 @@ async def time_calls(
     return out
 
 
+async def gathered_rate(router: Router, batches: Sequence[Sequence[list[ChatMessage]]]) -> float:
+    """Decisions per second routing each batch's conversations concurrently, batch by batch."""
+    started = time.perf_counter()
+    for batch in batches:
+        await asyncio.gather(*(router.route(messages) for messages in batch))
+    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+
+
 async def batch_rate(router: Router, rounds: int, offset: int) -> float:
     """Decisions per second with 64 concurrent ``route()`` calls (short prompts)."""
-    await asyncio.gather(*(router.route(short_prompt(offset - 100 - k)) for k in range(64)))
-    started = time.perf_counter()
-    for r in range(rounds):
-        base = offset + r * 64
-        await asyncio.gather(*(router.route(short_prompt(base + k)) for k in range(64)))
-    return rounds * 64 / (time.perf_counter() - started)
+    await gathered_rate(router, [[short_prompt(offset - 100 - k) for k in range(64)]])
+    return await gathered_rate(
+        router, [[short_prompt(offset + r * 64 + k) for k in range(64)] for r in range(rounds)]
+    )
 
 
 async def real_batch_rate(router: Router, examples: Sequence[Any]) -> float:
     """Decisions per second routing ``examples`` 64 at a time, concurrently, each once."""
-    started = time.perf_counter()
-    for k in range(0, len(examples), 64):
-        await asyncio.gather(
-            *(
-                router.route([ChatMessage(role="user", content=e.prompt)])
-                for e in examples[k : k + 64]
-            )
-        )
-    return len(examples) / (time.perf_counter() - started)
+    asked = [[ChatMessage(role="user", content=e.prompt)] for e in examples]
+    return await gathered_rate(router, [asked[k : k + 64] for k in range(0, len(asked), 64)])
 
 
 async def accuracy(router: Router, examples: Sequence[Any]) -> tuple[float, list[float], float]:
