@@ -16,8 +16,9 @@ model's sha256, the blend weight and the escalation threshold chosen at training
 
 Invariant: :func:`window_ids` is the one place that turns a read prompt into the model's
 input, for training and serving alike; a prompt becomes at most ``max_tokens`` ids,
-``[CLS] head ... tail [SEP]``, and a prompt over ``2 * CHAR_WINDOW`` characters is cut to
-its two ends before it is tokenized, so tokenizing costs the same at any length.
+``[CLS] head ... tail [SEP]`` (the tokenizer's own start and end ids), and a prompt over
+``2 * CHAR_WINDOW`` characters is cut to its two ends before it is tokenized, so tokenizing
+costs the same at any length.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def window_ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     if len(ids) > body:
         head = body // 2
         ids = ids[:head] + ids[len(ids) - (body - head) :]
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    return [cls, *ids, sep]
+    # The model's own bookends (``[CLS] [SEP]`` for BERT vocabularies, ``<s> </s>`` for
+    # MPNet's), from the tokenizer's template rather than by name.
+    start, end = tokenizer.encode("").ids
+    return [start, *ids, end]
 
 
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

@@ -148,6 +148,23 @@ def test_a_prompt_becomes_at_most_max_tokens_ids_framed_by_cls_and_sep(
     assert (ids[0], ids[-1]) == (tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]"))
 
 
+def test_the_bookends_are_the_tokenizers_own_not_bert_names(tmp_path: Path) -> None:
+    """A reader fine-tuned from an MPNet/RoBERTa-style model frames its input with ``<s>``
+    and ``</s>``, which its tokenizer's template names: no ``[CLS]`` is looked up."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "write": 4, "a": 5, "poem": 6}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tok.save(str(tmp_path / TOKENIZER))
+    tokenizer = load_tokenizer(tmp_path / TOKENIZER)
+    assert window_ids(tokenizer, "write a poem", 128) == [0, 4, 5, 6, 2]
+    assert window_ids(tokenizer, "write a poem", 4) == [0, 4, 6, 2]
+
+
 def test_a_long_prompt_is_read_by_its_two_ends() -> None:
     tokenizer = load_tokenizer(MINILM_TOKENIZER)
     head, tail = "please write a poem " * 60, " and then fix this python bug" * 60
@@ -169,3 +186,16 @@ def test_the_shipped_reader_reads_the_task_not_the_topic() -> None:
     logits = reader.encode(list(prompts))
     got = [reader.labels[int(i)] for i in logits.argmax(1)]
     assert got == list(prompts.values())
+
+
+@pytest.mark.skipif(not (SHIPPED / MODEL).exists(), reason="no shipped second reader")
+def test_the_shipped_reader_is_quantized_per_output_channel() -> None:
+    """One int8 scale per output channel of each weight, not one per matrix: per tensor cost
+    the reader 1.5 points on real prompts (docs/routing.md, "Quantization per channel")."""
+    import onnx
+
+    graph = onnx.load(str(SHIPPED / MODEL), load_external_data=False).graph
+    # The matrices the layers multiply by; the embedding tables (Gather) keep one scale.
+    scales = [t for t in graph.initializer if "MatMul" in t.name and t.name.endswith("_scale")]
+    assert scales
+    assert all(len(t.dims) == 1 and t.dims[0] > 1 for t in scales)
